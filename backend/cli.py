@@ -1,0 +1,240 @@
+"""The ``curatore`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import click
+
+from backend.config import get_settings
+from backend.errors import CuratoreError
+from backend.runs.states import RunStatus
+
+
+class CuratoreGroup(click.Group):
+    """Turns the engine's errors into one clear line and exit status 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CuratoreError as exc:
+            click.secho(f"error: {exc.message}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=CuratoreGroup)
+def main() -> None:
+    """Curatore Jobs: tracked background runs with a live admin UI."""
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    from backend.db.migrate import upgrade
+
+    upgrade()
+    click.echo(f"database is up to date ({_safe_url(get_settings().database_url)})")
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the web app.")
+@click.option("--backend-port", default=8000, show_default=True, help="Port of the Reflex backend.")
+@click.option("--no-ui", is_flag=True, help="Run the worker and scheduler only.")
+def dev(port: int, backend_port: int, no_ui: bool) -> None:
+    """Everything in one process group on this machine: web app, worker, scheduler. Ctrl-C stops all."""
+    from backend.devserver import run_dev
+
+    sys.exit(run_dev(port=port, backend_port=backend_port, ui=not no_ui))
+
+
+@main.command()
+@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: all).")
+@click.option("--concurrency", "-c", default=None, type=int, help="Worker processes.")
+@click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option("--name", "-n", default=None, help="Worker node name.")
+def worker(queues: str | None, concurrency: int | None, loglevel: str, name: str | None) -> None:
+    """Run a Celery worker."""
+    from backend.worker.celery_app import celery_app
+
+    celery_app.worker_main(_worker_argv(queues, concurrency, loglevel, name))
+
+
+def _worker_argv(queues: str | None, concurrency: int | None, loglevel: str, name: str | None) -> list[str]:
+    from backend.queues.registry import get_registry
+
+    argv = ["worker", "--loglevel", loglevel, "-Q", queues or ",".join(get_registry().celery_queues())]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    if name:
+        argv += ["-n", name]
+    return argv
+
+
+@main.command()
+@click.option("--loglevel", "-l", default="info", show_default=True)
+def scheduler(loglevel: str) -> None:
+    """Run the scheduler (Celery beat)."""
+    from backend.worker.celery_app import celery_app
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    celery_app.start(["beat", "--loglevel", loglevel, "--schedule", str(settings.data_dir / "beat-schedule")])
+
+
+@main.command()
+@click.argument("run_type")
+@click.option("--config", "config_json", default="{}", help="The job's config as JSON.")
+@click.option("--org", "org_slug", default=None, help="Organization slug (default: the demo organization).")
+@click.option("--priority", type=click.IntRange(0, 4), default=None)
+@click.option("--name", "display_name", default=None, help="Display name of the run.")
+@click.option("--wait", is_flag=True, help="Follow the run and exit non-zero unless it completes.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait with --wait.")
+def submit(
+    run_type: str, config_json: str, org_slug: str | None, priority: int | None, display_name: str | None,
+    wait: bool, timeout: float,
+) -> None:
+    """Submit a run. A local "path" (or "paths") in the config is stored as an asset first."""
+    from backend.auth.orgs import ensure_org
+    from backend.queues.dispatch import submit_run
+    from backend.queues.registry import get_registry
+
+    try:
+        config = json.loads(config_json)
+    except json.JSONDecodeError as exc:
+        raise CuratoreError(f"--config is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CuratoreError("--config must be a JSON object.")
+    get_registry().resolve(run_type)
+    if display_name is None and isinstance(config.get("path"), str):
+        display_name = config["path"]
+    org = ensure_org(org_slug or get_settings().default_org_slug)
+    config = _store_paths(org.id, config)
+    run = submit_run(
+        run_type, config, organization_id=org.id, priority=priority, display_name=display_name, created_by="cli"
+    )
+    click.echo(str(run.id))
+    if wait:
+        sys.exit(_follow(run.id, timeout))
+
+
+def _store_paths(org_id: uuid.UUID, config: dict[str, Any]) -> dict[str, Any]:
+    from backend.storage.assets import store_local_file
+
+    config = dict(config)
+    if "path" in config:
+        config["asset_id"] = str(store_local_file(org_id, config.pop("path")).id)
+    if "paths" in config:
+        config["asset_ids"] = [str(store_local_file(org_id, p).id) for p in config.pop("paths")]
+    return config
+
+
+def _follow(run_id: uuid.UUID, timeout: float) -> int:
+    from backend.runs.queries import get_logs, get_run
+
+    deadline = time.monotonic() + timeout
+    after = 0
+    while True:
+        for event in get_logs(run_id, after_id=after):
+            after = event.id or after
+            click.echo(f"  {event.created_at:%H:%M:%S} {event.level.value:5} {event.event_type:16} {event.message}",
+                       err=True)
+        run = get_run(run_id)
+        status = RunStatus(run.status)
+        if status.is_terminal:
+            color = "green" if status is RunStatus.COMPLETED else "red"
+            click.secho(status.value, fg=color)
+            if run.error_message:
+                click.echo(run.error_message, err=True)
+            return 0 if status is RunStatus.COMPLETED else 1
+        if time.monotonic() > deadline:
+            click.secho(f"still {status.value} after {timeout:.0f} s", fg="yellow", err=True)
+            return 3
+        time.sleep(0.3)
+
+
+@main.group()
+def runs() -> None:
+    """Look at runs."""
+
+
+@runs.command("list")
+@click.option("--org", "org_slug", default=None)
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in RunStatus]))
+@click.option("--type", "run_types", multiple=True)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def runs_list(org_slug: str | None, statuses: tuple[str, ...], run_types: tuple[str, ...], limit: int,
+              as_json: bool) -> None:
+    """The newest runs."""
+    from backend.auth.orgs import get_org
+    from backend.runs.queries import RunFilter, list_runs, run_dict
+
+    flt = RunFilter(
+        organization_id=get_org(org_slug).id if org_slug else None,
+        statuses=tuple(RunStatus(s) for s in statuses),
+        run_types=run_types,
+    )
+    rows = list_runs(flt, limit=limit)
+    if as_json:
+        click.echo(json.dumps([run_dict(r) for r in rows], indent=2))
+        return
+    for r in rows:
+        pct = r.progress.get("percent")
+        click.echo(f"{r.id}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.run_type:18} {RunStatus(r.status).value:10} "
+                   f"{'' if pct is None else f'{pct:5.1f}%'}  {r.display_name or ''}")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def runs_show(run_id: str, as_json: bool) -> None:
+    """One run with its activity log."""
+    from backend.runs.queries import get_logs, get_run, log_dict, run_dict
+
+    run = get_run(run_id)
+    events = get_logs(run.id, limit=10_000)
+    if as_json:
+        click.echo(json.dumps({"run": run_dict(run), "logs": [log_dict(e) for e in events]}, indent=2))
+        return
+    click.echo(f"{run.id}  {run.run_type}  {RunStatus(run.status).value}")
+    for key in ("display_name", "queue", "priority", "origin", "created_at", "started_at", "completed_at",
+                "error_message"):
+        value = getattr(run, key)
+        if value is not None:
+            click.echo(f"  {key:14} {getattr(value, 'value', value)}")
+    click.echo(f"  {'progress':14} {json.dumps(run.progress)}")
+    if run.results_summary:
+        click.echo(f"  {'results':14} {json.dumps(run.results_summary)}")
+    click.echo("log:")
+    for e in events:
+        click.echo(f"  {e.created_at:%H:%M:%S.%f}"[:-3] + f" {e.level.value:5} {e.event_type:18} {e.message}")
+
+
+@main.group()
+def orgs() -> None:
+    """Organizations."""
+
+
+@orgs.command("create")
+@click.argument("slug")
+@click.option("--name", default=None)
+def orgs_create(slug: str, name: str | None) -> None:
+    from backend.auth.orgs import ensure_org
+
+    org = ensure_org(slug, name)
+    click.echo(f"{org.id}  {org.slug}  {org.name}")
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+if __name__ == "__main__":
+    main()

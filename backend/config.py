@@ -1,0 +1,71 @@
+"""Settings from the environment, in one place.
+
+Every value is read from a ``CURATORE_``-prefixed variable. Nothing else in the
+engine calls ``os.getenv``; it asks :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEV_SECRET = "dev-insecure-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CURATORE_", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    data_dir: Path = PROJECT_ROOT / "var"
+    database_url: str = ""
+    broker_url: str = ""
+    redis_url: str | None = None
+    secret_key: str = DEV_SECRET
+
+    # Extra modules imported by workers, the API and the UI: they may register job types.
+    job_modules: list[str] = Field(default_factory=list)
+    # A JSON or YAML file overriding registry limits (queue concurrency, timeouts).
+    registry_overrides: Path | None = None
+
+    heartbeat_seconds: float = 5.0
+    progress_min_interval: float = 0.25
+    broker_publish_retries: int = 2
+    default_org_slug: str = "demo"
+    allow_private_fetch: bool = False
+
+    @model_validator(mode="after")
+    def _defaults_and_safety(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'curatore.db'}"
+        if not self.broker_url:
+            self.broker_url = f"curatore-sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if self.env == "prod" and self.secret_key == DEV_SECRET:
+            raise ValueError("CURATORE_SECRET_KEY must be set to a real secret when CURATORE_ENV=prod")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def assets_dir(self) -> Path:
+        return self.data_dir / "assets"
+
+    def ensure_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.assets_dir.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()

@@ -1,0 +1,114 @@
+"""The database engine and transactions.
+
+SQLite (the embedded default) is opened in WAL mode with a busy timeout, and
+every transaction starts with ``BEGIN IMMEDIATE`` so that concurrent processes
+queue for the write lock instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from backend.config import get_settings
+from backend.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+_lock = threading.Lock()
+RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+_engines: dict[str, Engine] = {}
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def get_engine(url: str | None = None) -> Engine:
+    url = url or get_settings().database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pool (after a fork, or between tests)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run ``callback`` once the transaction that ``session`` belongs to has committed."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """One database transaction: committed on success, rolled back on error.
+
+    Callbacks registered with :func:`after_commit` run after the commit.
+    """
+    try:
+        with Session(get_engine(), expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+            callbacks = session.info.pop("after_commit", [])
+    except OperationalError as exc:
+        if _is_connection_error(exc):
+            raise DatabaseUnavailable(f"The database could not be reached: {exc.orig}") from exc
+        raise
+    for callback in callbacks:
+        callback()
+
+
+def in_transaction(fn: Callable[[Session], T], session: Session | None = None) -> T:
+    """Run ``fn`` in ``session`` if given, else in a new transaction retried on deadlock."""
+    if session is not None:
+        return fn(session)
+    for attempt in range(6):
+        try:
+            with transaction() as new_session:
+                return fn(new_session)
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == 5:
+                raise
+            time.sleep(0.02 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _is_connection_error(exc: OperationalError) -> bool:
+    return bool(getattr(exc, "connection_invalidated", False)) or "connect" in str(exc.orig).lower()

@@ -1,0 +1,158 @@
+"""The tables. Nothing outside ``backend/runs`` writes a run's status."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+from backend.db.types import BigIntPK, JSONType, UTCDateTime, enum_column_type, utcnow
+from backend.runs.states import LogLevel, RunOrigin, RunStatus
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime(), nullable=nullable, index=index)
+
+
+class Organization(SQLModel, table=True):
+    __tablename__ = "organizations"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    slug: str = Field(max_length=64, unique=True, index=True)
+    name: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+class Asset(SQLModel, table=True):
+    """A stored file. Jobs work on assets, never on arbitrary server paths."""
+
+    __tablename__ = "assets"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id", index=True)
+    filename: str = Field(max_length=500)
+    content_type: str | None = Field(default=None, max_length=200)
+    size_bytes: int = 0
+    sha256: str = Field(max_length=64)
+    storage_key: str = Field(max_length=500)
+    source: str | None = Field(default=None, max_length=1000)
+    extracted_text: str | None = Field(default=None, sa_column=Column(Text))
+    extraction_status: str = Field(default="none", max_length=16)
+    extraction_meta: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+def empty_progress() -> dict[str, Any]:
+    return {
+        "current": 0,
+        "total": None,
+        "unit": None,
+        "percent": None,
+        "phase": None,
+        "current_item": None,
+        "extra": {},
+    }
+
+
+class Run(SQLModel, table=True):
+    """One background operation."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_org_created", "organization_id", "created_at", "id"),
+        Index("ix_runs_created", "created_at", "id"),
+        Index("ix_runs_status_queue", "status", "queue", "priority"),
+        Index("ix_runs_resource", "resource_type", "resource_id"),
+        Index("ix_runs_lease", "status", "lease_expires_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    run_type: str = Field(max_length=64, index=True)
+    origin: RunOrigin = Field(default=RunOrigin.USER, sa_type=enum_column_type(RunOrigin), nullable=False)
+    status: RunStatus = Field(default=RunStatus.PENDING, sa_type=enum_column_type(RunStatus), nullable=False)
+    priority: int = Field(default=2, ge=0, le=4)
+    queue: str = Field(max_length=64)
+    display_name: str | None = Field(default=None, max_length=300)
+
+    config: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    progress: dict[str, Any] = Field(default_factory=empty_progress, sa_type=JSONType)
+    results_summary: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+    input_asset_ids: list[str] = Field(default_factory=list, sa_type=JSONType)
+    resource_type: str | None = Field(default=None, max_length=64)
+    resource_id: str | None = Field(default=None, max_length=200)
+    created_by: str | None = Field(default=None, max_length=200)
+
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    submitted_at: datetime | None = _ts()
+    submitted_to_celery_at: datetime | None = _ts()
+    started_at: datetime | None = _ts()
+    completed_at: datetime | None = _ts()
+    last_activity_at: datetime | None = _ts()
+    heartbeat_at: datetime | None = _ts()
+    lease_expires_at: datetime | None = _ts()
+    cancel_requested_at: datetime | None = _ts()
+
+    celery_task_id: str | None = Field(default=None, max_length=64)
+    worker_hostname: str | None = Field(default=None, max_length=200)
+    dispatch_attempt: int = 0
+    group_id: uuid.UUID | None = Field(default=None, foreign_key="run_groups.id", index=True)
+    parent_run_id: uuid.UUID | None = Field(default=None, foreign_key="runs.id", index=True)
+    is_group_parent: bool = False
+    attempt: int = 1
+    retry_of: uuid.UUID | None = Field(default=None, foreign_key="runs.id")
+    trace_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=64)
+
+
+class RunGroup(SQLModel, table=True):
+    """A parent run and the children it spawned, counted atomically."""
+
+    __tablename__ = "run_groups"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    parent_run_id: uuid.UUID = Field(index=True)
+    expected: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    sealed: bool = False
+    status: str = Field(default="running", max_length=16)
+    completion_hook: str | None = Field(default=None, max_length=200)
+    hook_config: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    finalized_at: datetime | None = _ts()
+    hook_fired_at: datetime | None = _ts()
+
+
+class RunLogEvent(SQLModel, table=True):
+    """One line of a run's activity log."""
+
+    __tablename__ = "run_log_events"
+    __table_args__ = (Index("ix_run_log_events_run", "run_id", "id"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    run_id: uuid.UUID = Field(foreign_key="runs.id", ondelete="CASCADE")
+    level: LogLevel = Field(default=LogLevel.INFO, sa_type=enum_column_type(LogLevel, 8), nullable=False)
+    event_type: str = Field(max_length=40)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    context: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+class OutboxEvent(SQLModel, table=True):
+    """A change to a run, in commit order: what the live bridge pushes to browsers."""
+
+    __tablename__ = "outbox_events"
+
+    seq: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    organization_id: uuid.UUID = Field(index=True)
+    run_id: uuid.UUID = Field(index=True)
+    kind: str = Field(max_length=24)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)

@@ -1,0 +1,115 @@
+"""``curatore dev``: the web app, a worker and the scheduler in one process group.
+
+Each child gets its own process group; on Ctrl-C, SIGTERM, or the death of any
+child, every group gets SIGTERM, then SIGKILL after a grace period (a Reflex
+process does not always stop on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from backend.config import PROJECT_ROOT, get_settings
+
+GRACE_SECONDS = 8.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def reflex_env() -> dict[str, str]:
+    """Environment for running Reflex on these machines (offline: the system's bun)."""
+    env = dict(os.environ)
+    env.setdefault("REFLEX_TELEMETRY_ENABLED", "false")
+    env.setdefault("REFLEX_CHECK_LATEST_VERSION", "false")
+    env.setdefault("REFLEX_USE_SYSTEM_BUN", "1")
+    tools_bin = PROJECT_ROOT / ".tools" / "node_modules" / ".bin"
+    if tools_bin.is_dir():
+        env["PATH"] = f"{tools_bin}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def children(port: int, backend_port: int, ui: bool) -> list[Child]:
+    settings = get_settings()
+    py = sys.executable
+    result = [
+        Child("worker", [py, "-m", "backend.cli", "worker", "--concurrency", "4", "-n", "dev@%h"]),
+        Child("scheduler", [py, "-m", "backend.cli", "scheduler"]),
+    ]
+    if ui:
+        result.append(
+            Child(
+                "ui",
+                [py, "-m", "reflex", "run", "--frontend-port", str(port), "--backend-port", str(backend_port),
+                 "--loglevel", "info"],
+            )
+        )
+    settings.ensure_dirs()
+    return result
+
+
+def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True) -> int:
+    from backend.auth.orgs import ensure_org
+    from backend.db.migrate import upgrade
+
+    upgrade()
+    org = ensure_org(get_settings().default_org_slug, "Demo")
+    print(f"curatore dev: database ready; organization '{org.slug}'", flush=True)
+    procs = children(port, backend_port, ui)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    env = reflex_env()
+    for child in procs:
+        child.proc = subprocess.Popen(child.argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)
+        print(f"curatore dev: started {child.name} (pid {child.proc.pid})", flush=True)
+    if ui:
+        print(f"curatore dev: open http://localhost:{port}/system/jobs", flush=True)
+    code = 0
+    while not stopping:
+        for child in procs:
+            if child.proc and child.proc.poll() is not None:
+                print(f"curatore dev: {child.name} exited with {child.proc.returncode}; stopping", flush=True)
+                code = child.proc.returncode or 1
+                stopping = True
+        time.sleep(0.3)
+    stop_all(procs)
+    return code
+
+
+def stop_all(procs: list[Child]) -> None:
+    for child in procs:
+        _signal_group(child, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    for child in procs:
+        if child.proc is None:
+            continue
+        try:
+            child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(child, signal.SIGKILL)
+        child.proc.wait()
+
+
+def _signal_group(child: Child, sig: int) -> None:
+    if child.proc is None:
+        return
+    try:
+        os.killpg(child.proc.pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,97 @@
+"""Every error the engine raises on purpose.
+
+One base class; the docstring is the default message; ``code`` is stable and is
+what the API returns. The API and the UI translate these in one place each.
+"""
+
+from __future__ import annotations
+
+
+class CuratoreError(Exception):
+    """Something went wrong in Curatore."""
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str | None = None, **details: object) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.details = details
+        super().__init__(self.message)
+
+
+class NotFound(CuratoreError):
+    """Not found."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class RunNotFound(NotFound):
+    """No such run."""
+
+    code = "run_not_found"
+
+
+class UnknownRunType(CuratoreError):
+    """Unknown run type."""
+
+    code = "unknown_run_type"
+
+
+class InvalidConfig(CuratoreError):
+    """The job's configuration is not valid."""
+
+    code = "invalid_config"
+    http_status = 422
+
+
+class InvalidTransition(CuratoreError):
+    """That status change is not allowed."""
+
+    code = "invalid_transition"
+    http_status = 409
+
+
+class NotCapable(CuratoreError):
+    """This job type does not allow that action."""
+
+    code = "not_capable"
+    http_status = 409
+
+
+class AssetError(CuratoreError):
+    """The file could not be stored."""
+
+    code = "asset_error"
+
+
+class BrokerUnavailable(CuratoreError):
+    """The message broker could not be reached."""
+
+    code = "broker_unavailable"
+    http_status = 503
+
+
+class DatabaseUnavailable(CuratoreError):
+    """The database could not be reached."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+
+class JobFailed(CuratoreError):
+    """The job failed."""
+
+    code = "job_failed"
+
+
+class JobCancelled(CuratoreError):
+    """The run was cancelled."""
+
+    code = "cancelled"
+
+
+class UnsupportedFile(JobFailed):
+    """The file's format is not supported or its content does not match its name."""
+
+    code = "unsupported_file"

@@ -1,0 +1,80 @@
+"""Sending runs to Celery, always after the transaction that created them has committed.
+
+A dispatch moves the run pending → submitted (recording the Celery task id and
+a new dispatch attempt), then publishes ``[run_id, dispatch_attempt]`` to the
+run's queue. The worker starts only the current attempt, so a message that is
+delivered twice, or late, does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from backend.config import get_settings
+from backend.db.engine import after_commit, in_transaction
+from backend.db.models import Run
+from backend.errors import BrokerUnavailable
+from backend.queues.registry import get_registry
+from backend.runs import service
+
+log = logging.getLogger(__name__)
+
+
+def dispatch(run_id: uuid.UUID) -> bool:
+    """Publish a pending run; returns False if it was no longer pending."""
+    run_type = in_transaction(lambda s: s.execute(select(Run.run_type).where(Run.id == run_id)).scalar_one())
+    job_type = get_registry().resolve(run_type)
+    task_id = str(uuid.uuid4())
+    attempt = service.mark_submitted(run_id, task_id)
+    if attempt is None:
+        return False
+    try:
+        _publish(job_type.task_name, job_type.queue, run_id, attempt, task_id, job_type.timeout_seconds)
+    except Exception as exc:
+        message = (
+            f"Could not reach the message broker ({type(exc).__name__}: {exc}). "
+            "The run was not started; retry it when the broker is back."
+        )
+        service.fail(run_id, message)
+        raise BrokerUnavailable(message) from exc
+    return True
+
+
+def _publish(task_name: str, queue: str, run_id: uuid.UUID, attempt: int, task_id: str, timeout: int) -> None:
+    from backend.worker.celery_app import celery_app
+
+    retries = get_settings().broker_publish_retries
+    celery_app.send_task(
+        task_name,
+        args=[str(run_id), attempt],
+        task_id=task_id,
+        queue=queue,
+        soft_time_limit=timeout,
+        time_limit=timeout + 30,
+        retry=True,
+        retry_policy={"max_retries": retries, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
+    )
+
+
+def dispatch_after_commit(session: Session, run_id: uuid.UUID) -> None:
+    """Dispatch ``run_id`` once ``session``'s transaction commits (for runs created inside a transaction)."""
+
+    def send() -> None:
+        try:
+            dispatch(run_id)
+        except BrokerUnavailable as exc:
+            log.error("run %s: %s", run_id, exc)
+
+    after_commit(session, send)
+
+
+def submit_run(run_type: str, config: dict[str, Any], **kwargs: Any) -> Run:
+    """Create a run and dispatch it. Raises before writing if the type or config is invalid."""
+    run = service.create_run(run_type, config, **kwargs)
+    dispatch(run.id)
+    return run

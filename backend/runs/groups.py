@@ -1,0 +1,183 @@
+"""Run groups: a parent run and its children, counted atomically, finalized exactly once.
+
+A group is *sealed* when its parent has finished spawning children. It ends when
+it is sealed and every expected child has ended; the single UPDATE that sets
+``finalized_at`` where it was NULL decides which transaction finalizes it, and
+that transaction also ends the parent run and fires the completion hook. So
+both happen exactly once, however many workers finish children at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlmodel import Session
+
+from backend.db.engine import in_transaction
+from backend.db.models import Run, RunGroup
+from backend.db.types import utcnow
+from backend.runs import service
+from backend.runs.states import LogLevel, RunOrigin, RunStatus
+
+S = RunStatus
+GroupHook = Callable[[Session, RunGroup], None]
+_hooks: dict[str, GroupHook] = {}
+
+
+def group_hook(name: str) -> Callable[[GroupHook], GroupHook]:
+    """Register a completion hook: ``fn(session, group)`` runs in the finalizing transaction."""
+
+    def decorate(fn: GroupHook) -> GroupHook:
+        _hooks[name] = fn
+        return fn
+
+    return decorate
+
+
+def create_group(
+    parent_run_id: uuid.UUID,
+    *,
+    hook: str | None = None,
+    hook_config: dict[str, Any] | None = None,
+    session: Session | None = None,
+) -> RunGroup:
+    if hook is not None and hook not in _hooks:
+        raise ValueError(f"unknown group hook {hook!r}")
+
+    def write(s: Session) -> RunGroup:
+        parent = s.get(Run, parent_run_id)
+        if parent is None:
+            raise ValueError(f"no run {parent_run_id}")
+        group = RunGroup(
+            organization_id=parent.organization_id,
+            parent_run_id=parent_run_id,
+            completion_hook=hook,
+            hook_config=hook_config or {},
+        )
+        s.add(group)
+        s.flush()
+        s.execute(update(Run).where(Run.id == parent_run_id).values(is_group_parent=True))
+        return group
+
+    return in_transaction(write, session)
+
+
+def group_of(parent_run_id: uuid.UUID, session: Session | None = None) -> RunGroup | None:
+    return in_transaction(
+        lambda s: s.execute(select(RunGroup).where(RunGroup.parent_run_id == parent_run_id)).scalar_one_or_none(),
+        session,
+    )
+
+
+def add_child(
+    group_id: uuid.UUID,
+    run_type: str,
+    config: dict[str, Any],
+    *,
+    display_name: str | None = None,
+    priority: int | None = None,
+    session: Session | None = None,
+) -> Run:
+    """Create a pending child run and count it as expected, in one transaction."""
+
+    def write(s: Session) -> Run:
+        group = s.get(RunGroup, group_id)
+        if group is None:
+            raise ValueError(f"no run group {group_id}")
+        if group.finalized_at is not None:
+            raise ValueError(f"run group {group_id} has already ended")
+        s.execute(update(RunGroup).where(RunGroup.id == group_id).values(expected=RunGroup.expected + 1))
+        parent = s.get(Run, group.parent_run_id)
+        return service.create_run(
+            run_type,
+            config,
+            organization_id=group.organization_id,
+            origin=RunOrigin.GROUP,
+            priority=parent.priority if priority is None and parent else priority,
+            created_by=parent.created_by if parent else None,
+            display_name=display_name,
+            parent_run_id=group.parent_run_id,
+            group_id=group_id,
+            session=s,
+        )
+
+    return in_transaction(write, session)
+
+
+_COUNTER = {S.COMPLETED: "completed", S.FAILED: "failed", S.TIMED_OUT: "failed", S.CANCELLED: "cancelled"}
+
+
+def child_finished(session: Session, group_id: uuid.UUID, run_id: uuid.UUID, outcome: RunStatus) -> None:
+    """Count one ended child (called inside the child's terminal transition)."""
+    column = getattr(RunGroup, _COUNTER[outcome])
+    session.execute(update(RunGroup).where(RunGroup.id == group_id).values({column: column + 1}))
+    _try_finalize(session, group_id)
+
+
+def seal(group_id: uuid.UUID, session: Session | None = None) -> bool:
+    """The parent has spawned every child; returns True if the group ended now."""
+
+    def write(s: Session) -> bool:
+        s.execute(update(RunGroup).where(RunGroup.id == group_id).values(sealed=True))
+        return _try_finalize(s, group_id)
+
+    return in_transaction(write, session)
+
+
+def outcome_of(completed: int, failed: int, cancelled: int) -> str:
+    if failed == 0 and cancelled == 0:
+        return "completed"
+    if completed == 0:
+        return "failed"
+    return "partial"
+
+
+def _try_finalize(session: Session, group_id: uuid.UUID) -> bool:
+    g = session.execute(
+        select(RunGroup.expected, RunGroup.completed, RunGroup.failed, RunGroup.cancelled, RunGroup.sealed).where(
+            RunGroup.id == group_id
+        )
+    ).one()
+    if not g.sealed or g.completed + g.failed + g.cancelled < g.expected:
+        return False
+    status = outcome_of(g.completed, g.failed, g.cancelled) if g.expected else "completed"
+    won = session.execute(
+        update(RunGroup)
+        .where(RunGroup.id == group_id, RunGroup.finalized_at.is_(None))
+        .values(status=status, finalized_at=utcnow())
+    ).rowcount
+    if won != 1:
+        return False
+    group = session.get(RunGroup, group_id)
+    session.refresh(group)
+    _end_parent(session, group)
+    if group.completion_hook:
+        _hooks[group.completion_hook](session, group)
+        session.execute(update(RunGroup).where(RunGroup.id == group_id).values(hook_fired_at=utcnow()))
+    return True
+
+
+def _end_parent(session: Session, group: RunGroup) -> None:
+    counts = {"children": group.expected, "completed": group.completed, "failed": group.failed,
+              "cancelled": group.cancelled, "group_status": group.status}
+    parent = session.get(Run, group.parent_run_id)
+    session.refresh(parent)
+    results = (parent.results_summary or {}) | {"children": counts}
+    status = RunStatus(parent.status)
+    if status is S.CANCELLING:
+        service.transition(session, parent.id, S.CANCELLED, "Cancelled; its children have ended",
+                           level=LogLevel.WARN, values={"results_summary": results})
+    elif status.is_terminal:
+        return
+    elif group.status == "failed":
+        message = f"All {group.expected - group.completed} child runs failed or were cancelled"
+        service.transition(session, parent.id, S.FAILED, message, level=LogLevel.ERROR,
+                           values={"results_summary": results, "error_message": message})
+    else:
+        note = "" if group.status == "completed" else f" ({group.failed} failed, {group.cancelled} cancelled)"
+        level = LogLevel.INFO if group.status == "completed" else LogLevel.WARN
+        service.transition(session, parent.id, S.COMPLETED, f"All {group.expected} child runs ended{note}",
+                           level=level, values={"results_summary": results})

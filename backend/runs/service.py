@@ -1,0 +1,429 @@
+"""The run service: every write to a run goes through here.
+
+Every status change goes through :func:`transition`: one compare-and-set UPDATE
+(``WHERE id = :id AND status = :observed``, re-read and retried when another
+writer won), the timestamps of the new status, one log event and one outbox
+row, all in the caller's transaction. The named functions below (``start``,
+``complete``, ``fail``, ...) each fix a status, its reason and its stamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlmodel import Session
+
+from backend.db.engine import after_commit, in_transaction
+from backend.db.models import Run, RunLogEvent, empty_progress
+from backend.db.types import utcnow
+from backend.errors import InvalidConfig, InvalidTransition, RunNotFound
+from backend.queues.registry import get_registry
+from backend.runs import outbox
+from backend.runs.states import EVENT_TYPES, LogLevel, RunOrigin, RunStatus, allowed
+
+log = logging.getLogger(__name__)
+
+S = RunStatus
+MAX_MESSAGE = 4000
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _org_of(session: Session, run_id: uuid.UUID) -> uuid.UUID:
+    org = session.execute(select(Run.organization_id).where(Run.id == run_id)).scalar_one_or_none()
+    if org is None:
+        raise RunNotFound(f"No run with id {run_id}.")
+    return org
+
+
+def _add_log(
+    session: Session,
+    run_id: uuid.UUID,
+    level: LogLevel,
+    event_type: str,
+    message: str,
+    context: dict[str, Any] | None,
+) -> RunLogEvent:
+    event = RunLogEvent(
+        run_id=run_id,
+        level=level,
+        event_type=event_type[:40],
+        message=message[:MAX_MESSAGE],
+        context=_json_safe(context or {}),
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def _event_payload(event: RunLogEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "level": event.level.value,
+        "event_type": event.event_type,
+        "message": event.message,
+        "context": event.context,
+        "created_at": event.created_at.isoformat(),
+    }
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def create_run(
+    run_type: str,
+    config: dict[str, Any],
+    *,
+    organization_id: uuid.UUID,
+    origin: RunOrigin = RunOrigin.USER,
+    priority: int | None = None,
+    created_by: str | None = None,
+    display_name: str | None = None,
+    input_asset_ids: list[str] | None = None,
+    parent_run_id: uuid.UUID | None = None,
+    group_id: uuid.UUID | None = None,
+    retry_of: uuid.UUID | None = None,
+    attempt: int = 1,
+    session: Session | None = None,
+) -> Run:
+    """Validate and write a pending run. An invalid config raises before anything is written."""
+    job_type = get_registry().resolve(run_type)
+    clean = get_registry().validate_config(run_type, config)
+    if priority is not None and not 0 <= priority <= 4:
+        raise InvalidConfig(f"priority must be between 0 and 4, not {priority}.")
+    asset_ids = list(input_asset_ids or [])
+    if job_type.resource_type == "asset" and job_type.resource_id_field and clean.get(job_type.resource_id_field):
+        asset_ids = asset_ids or [str(clean[job_type.resource_id_field])]
+
+    def write(s: Session) -> Run:
+        run = Run(
+            organization_id=organization_id,
+            run_type=run_type,
+            origin=origin,
+            priority=job_type.default_priority if priority is None else priority,
+            queue=job_type.queue,
+            display_name=display_name,
+            config=clean,
+            progress=empty_progress(),
+            input_asset_ids=asset_ids,
+            resource_type=job_type.resource_type,
+            resource_id=job_type.resource_id_from(clean),
+            created_by=created_by,
+            parent_run_id=parent_run_id,
+            group_id=group_id,
+            retry_of=retry_of,
+            attempt=attempt,
+            last_activity_at=utcnow(),
+        )
+        s.add(run)
+        s.flush()
+        event = _add_log(s, run.id, LogLevel.INFO, "created", f"{job_type.label} run created", {"origin": origin.value})
+        outbox.append(s, organization_id, run.id, "created", {"status": S.PENDING.value, "event": _event_payload(event)})
+        after_commit(s, outbox.notify)
+        return run
+
+    return in_transaction(write, session)
+
+
+# --------------------------------------------------------------------------- the transition
+
+
+def _stamps(to: RunStatus, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {"status": to, "last_activity_at": now}
+    if to is S.SUBMITTED:
+        values["submitted_at"] = now
+    elif to is S.RUNNING:
+        values["started_at"] = func.coalesce(Run.started_at, now)
+        values["heartbeat_at"] = now
+    elif to is S.CANCELLING:
+        values["cancel_requested_at"] = now
+    elif to is S.PENDING:
+        values["lease_expires_at"] = None
+    if to.is_terminal:
+        values["completed_at"] = now
+        values["lease_expires_at"] = None
+    return values
+
+
+def transition(
+    session: Session,
+    run_id: uuid.UUID,
+    to: RunStatus,
+    message: str,
+    *,
+    level: LogLevel = LogLevel.INFO,
+    event_type: str | None = None,
+    context: dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
+    expect: set[RunStatus] | None = None,
+) -> RunStatus | None:
+    """Move a run to ``to`` if the table allows it from its current status.
+
+    Returns the status it came from, or None when refused (a WARN line records
+    the refusal; nothing else changes). ``expect`` narrows the allowed sources.
+    """
+    for _ in range(20):
+        current = _status_in(session, run_id)
+        if not allowed(current, to) or (expect is not None and current not in expect):
+            _refused(session, run_id, current, to, message)
+            return None
+        now = utcnow()
+        stamp = _stamps(to, now) | (values or {})
+        result = session.execute(
+            update(Run).where(Run.id == run_id, Run.status == current).values(**stamp).execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            continue  # another writer changed the status first: look again
+        event = _add_log(
+            session,
+            run_id,
+            level,
+            event_type or EVENT_TYPES[to],
+            message,
+            {"from": current.value, "to": to.value} | (context or {}),
+        )
+        changed = {k: v for k, v in stamp.items() if k != "status" and not hasattr(v, "compile")}
+        outbox.append(
+            session,
+            _org_of(session, run_id),
+            run_id,
+            "status",
+            {"status": to.value, "from": current.value, "fields": _json_safe(changed), "event": _event_payload(event)},
+        )
+        after_commit(session, outbox.notify)
+        if to.is_terminal:
+            _on_terminal(session, run_id, to)
+        return current
+    raise InvalidTransition(f"Run {run_id} kept changing; gave up moving it to {to.value}.")
+
+
+def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: str) -> None:
+    log.info("refused transition of run %s: %s -> %s", run_id, current.value, to.value)
+    event = _add_log(
+        session,
+        run_id,
+        LogLevel.WARN,
+        "transition_refused",
+        f"Refused to move from {current.value} to {to.value}: {message}",
+        {"from": current.value, "to": to.value},
+    )
+    outbox.append(session, _org_of(session, run_id), run_id, "log", {"event": _event_payload(event)})
+
+
+def _on_terminal(session: Session, run_id: uuid.UUID, to: RunStatus) -> None:
+    group_id = session.execute(select(Run.group_id).where(Run.id == run_id)).scalar_one()
+    if group_id is not None:
+        from backend.runs import groups
+
+        groups.child_finished(session, group_id, run_id, to)
+
+
+# --------------------------------------------------------------------------- named transitions
+
+
+def _change(run_id: uuid.UUID, to: RunStatus, message: str, session: Session | None = None, **kw: Any) -> RunStatus | None:
+    return in_transaction(lambda s: transition(s, run_id, to, message, **kw), session)
+
+
+def mark_submitted(run_id: uuid.UUID, celery_task_id: str, session: Session | None = None) -> int | None:
+    """pending → submitted; returns the new dispatch attempt, or None if refused."""
+
+    def write(s: Session) -> int | None:
+        came_from = transition(
+            s,
+            run_id,
+            S.SUBMITTED,
+            "Queued for a worker",
+            values={
+                "celery_task_id": celery_task_id,
+                "submitted_to_celery_at": utcnow(),
+                "dispatch_attempt": Run.dispatch_attempt + 1,
+            },
+            expect={S.PENDING},
+        )
+        if came_from is None:
+            return None
+        return s.execute(select(Run.dispatch_attempt).where(Run.id == run_id)).scalar_one()
+
+    return in_transaction(write, session)
+
+
+def start(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: float) -> bool:
+    """submitted → running, only for the run's current dispatch attempt."""
+
+    def write(s: Session) -> bool:
+        current = s.execute(select(Run.dispatch_attempt).where(Run.id == run_id)).scalar_one_or_none()
+        if current is None:
+            raise RunNotFound(f"No run with id {run_id}.")
+        if current != dispatch_attempt:
+            _add_log(
+                s, run_id, LogLevel.WARN, "duplicate_delivery",
+                f"Ignored a delivery for dispatch {dispatch_attempt}; the current one is {current}", {"worker": worker},
+            )
+            return False
+        now = utcnow()
+        came_from = transition(
+            s,
+            run_id,
+            S.RUNNING,
+            f"Started on {worker}",
+            values={"worker_hostname": worker[:200], "lease_expires_at": now + timedelta(seconds=lease_seconds)},
+            expect={S.SUBMITTED},
+        )
+        return came_from is not None
+
+    return in_transaction(write)
+
+
+def complete(run_id: uuid.UUID, results: dict[str, Any] | None = None, message: str = "Completed") -> bool:
+    return _change(run_id, S.COMPLETED, message, values={"results_summary": _json_safe(results or {})}) is not None
+
+
+def fail(
+    run_id: uuid.UUID,
+    error: str,
+    *,
+    traceback: str | None = None,
+    results: dict[str, Any] | None = None,
+    session: Session | None = None,
+) -> bool:
+    values: dict[str, Any] = {"error_message": error[:MAX_MESSAGE]}
+    if results is not None:
+        values["results_summary"] = _json_safe(results)
+    context = {"traceback": traceback} if traceback else None
+    return (
+        _change(run_id, S.FAILED, error, session, level=LogLevel.ERROR, values=values, context=context) is not None
+    )
+
+
+def time_out(run_id: uuid.UUID, message: str) -> bool:
+    return _change(run_id, S.TIMED_OUT, message, level=LogLevel.ERROR, values={"error_message": message}) is not None
+
+
+def mark_cancelled(run_id: uuid.UUID, message: str = "Cancelled", session: Session | None = None) -> bool:
+    return _change(run_id, S.CANCELLED, message, session, level=LogLevel.WARN) is not None
+
+
+def request_cancel(run_id: uuid.UUID, by: str | None = None, reason: str | None = None) -> RunStatus:
+    """Cancel a run: queued runs end at once; running ones move to cancelling until the worker stops.
+
+    Returns the run's status afterwards. Cancelling a finished run is an error.
+    """
+    who = f" by {by}" if by else ""
+    note = f": {reason}" if reason else ""
+
+    def write(s: Session) -> RunStatus:
+        current = _status_in(s, run_id)
+        if current.is_terminal:
+            raise InvalidTransition(f"Run {run_id} already ended ({current.value}); it cannot be cancelled.")
+        if current is S.CANCELLING:
+            return current
+        target = S.CANCELLED if current in (S.PENDING, S.SUBMITTED) else S.CANCELLING
+        message = ("Cancelled before it started" if target is S.CANCELLED else "Cancel requested") + who + note
+        ctx = {"by": by, "stage": "requested"}
+        if transition(s, run_id, target, message, level=LogLevel.WARN, context=ctx) is None:
+            return _status_in(s, run_id)
+        if target is S.CANCELLED:
+            task_id = s.execute(select(Run.celery_task_id).where(Run.id == run_id)).scalar_one()
+            if task_id:
+                after_commit(s, lambda: _revoke_quietly(task_id))
+        return target
+
+    return in_transaction(write)
+
+
+def _status_in(session: Session, run_id: uuid.UUID) -> RunStatus:
+    raw = session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
+    if raw is None:
+        raise RunNotFound(f"No run with id {run_id}.")
+    return RunStatus(raw)
+
+
+def _revoke_quietly(task_id: str) -> None:
+    try:
+        from backend.worker.celery_app import celery_app
+
+        celery_app.control.revoke(task_id)
+    except Exception as exc:  # the task also checks the run's status when it starts
+        log.warning("could not revoke task %s: %s", task_id, exc)
+
+
+# --------------------------------------------------------------------------- activity
+
+
+def add_log(
+    run_id: uuid.UUID,
+    level: LogLevel | str,
+    event_type: str,
+    message: str,
+    context: dict[str, Any] | None = None,
+    session: Session | None = None,
+) -> None:
+    level = LogLevel(level)
+
+    def write(s: Session) -> None:
+        event = _add_log(s, run_id, level, event_type, message, context)
+        s.execute(update(Run).where(Run.id == run_id).values(last_activity_at=utcnow()))
+        outbox.append(s, _org_of(s, run_id), run_id, "log", {"event": _event_payload(event)})
+        _revive_if_stale(s, run_id)
+        after_commit(s, outbox.notify)
+
+    in_transaction(write, session)
+
+
+def set_progress(run_id: uuid.UUID, progress: dict[str, Any]) -> None:
+    """Write the run's progress (callers coalesce: see ``backend.runs.progress``)."""
+
+    def write(s: Session) -> None:
+        s.execute(update(Run).where(Run.id == run_id).values(progress=_json_safe(progress), last_activity_at=utcnow()))
+        outbox.append(s, _org_of(s, run_id), run_id, "progress", {"progress": _json_safe(progress)})
+        _revive_if_stale(s, run_id)
+        after_commit(s, outbox.notify)
+
+    in_transaction(write)
+
+
+def log_phase(run_id: uuid.UUID, phase: str, previous: str | None) -> None:
+    add_log(run_id, LogLevel.INFO, "phase", f"Phase: {phase}", {"phase": phase, "previous": previous})
+
+
+def heartbeat(run_id: uuid.UUID, lease_seconds: float) -> RunStatus:
+    """Renew the run's lease; returns its status so the worker learns of a cancel."""
+
+    def write(s: Session) -> RunStatus:
+        now = utcnow()
+        s.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        )
+        _revive_if_stale(s, run_id)
+        return _status_in(s, run_id)
+
+    return in_transaction(write)
+
+
+def _revive_if_stale(session: Session, run_id: uuid.UUID) -> None:
+    status = session.execute(select(Run.status).where(Run.id == run_id)).scalar_one()
+    if status == S.STALE:
+        transition(session, run_id, S.RUNNING, "Activity resumed", expect={S.STALE})
+
+
+def set_results(run_id: uuid.UUID, results: dict[str, Any], session: Session | None = None) -> None:
+    in_transaction(
+        lambda s: s.execute(update(Run).where(Run.id == run_id).values(results_summary=_json_safe(results))), session
+    )

@@ -1,0 +1,214 @@
+"""The task base: drives a run's lifecycle around a job's executor.
+
+``execute`` marks the run running (only for its current dispatch attempt),
+gives the executor a :class:`JobContext`, heartbeats while it works, and marks
+the run completed, failed, timed out or cancelled. Errors raised on purpose
+(``CuratoreError``) become the run's error message; anything else becomes a
+short message with the traceback kept in the log's context.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import traceback
+import uuid
+from typing import Any
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Task
+
+from backend.config import Settings, get_settings
+from backend.db.engine import in_transaction
+from backend.db.models import Asset, Run
+from backend.errors import CuratoreError, JobCancelled, NotFound
+from backend.queues.registry import JobType, get_registry
+from backend.runs import groups, service
+from backend.runs.progress import ProgressTracker
+from backend.runs.states import LogLevel, RunStatus
+
+log = logging.getLogger(__name__)
+S = RunStatus
+
+
+class RunTask(Task):
+    """Celery task class of every job type; ``job_key`` names the registry entry."""
+
+    job_key: str = ""
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+
+
+class JobContext:
+    """What an executor gets: progress, log, cancellation checks, children, assets."""
+
+    def __init__(self, run: Run, job_type: JobType, settings: Settings) -> None:
+        self.run = run
+        self.run_id: uuid.UUID = run.id
+        self.organization_id: uuid.UUID = run.organization_id
+        self.job_type = job_type
+        self.settings = settings
+        self.results: dict[str, Any] = {}
+        self._tracker = ProgressTracker(run.id, settings.progress_min_interval)
+        self._cancel_seen = threading.Event()
+        self._group_id: uuid.UUID | None = None
+        self._children = 0
+
+    # progress and log ---------------------------------------------------------------
+    def progress(
+        self,
+        current: int | float | None = None,
+        total: int | float | None = None,
+        *,
+        phase: str | None = None,
+        item: str | None = None,
+        unit: str | None = None,
+        **extra: Any,
+    ) -> None:
+        self._tracker.update(current, total, phase=phase, item=item, unit=unit, **extra)
+
+    def phase(self, name: str) -> None:
+        self._tracker.update(phase=name)
+
+    def log(self, level: LogLevel | str, event_type: str, message: str, **context: Any) -> None:
+        service.add_log(self.run_id, level, event_type, message, context)
+
+    def info(self, message: str, event_type: str = "info", **context: Any) -> None:
+        self.log(LogLevel.INFO, event_type, message, **context)
+
+    def warn(self, message: str, event_type: str = "warning", **context: Any) -> None:
+        self.log(LogLevel.WARN, event_type, message, **context)
+
+    # cancellation -------------------------------------------------------------------
+    def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if a cancel was requested. Call it between units of work."""
+        if not self._cancel_seen.is_set():
+            status = in_transaction(lambda s: s.get(Run, self.run_id).status)
+            if status in (S.CANCELLING, S.CANCELLED):
+                self._cancel_seen.set()
+        if self._cancel_seen.is_set():
+            raise JobCancelled("Stopped at the cancel request")
+
+    # children -----------------------------------------------------------------------
+    def spawn_child(self, run_type: str, config: dict[str, Any], *, display_name: str | None = None) -> Run:
+        """Create a child run in this run's group; it is dispatched when created."""
+        from backend.queues.dispatch import dispatch_after_commit
+
+        if self._group_id is None:
+            self._group_id = groups.create_group(self.run_id).id
+
+        def write(s: Any) -> Run:
+            child = groups.add_child(self._group_id, run_type, config, display_name=display_name, session=s)
+            dispatch_after_commit(s, child.id)
+            return child
+
+        child = in_transaction(write)
+        self._children += 1
+        return child
+
+    @property
+    def children_spawned(self) -> int:
+        return self._children
+
+    # assets -------------------------------------------------------------------------
+    def asset(self, asset_id: uuid.UUID | str) -> Asset:
+        asset = in_transaction(lambda s: s.get(Asset, uuid.UUID(str(asset_id))))
+        if asset is None or asset.organization_id != self.organization_id:
+            raise NotFound(f"Asset {asset_id} does not exist.")
+        return asset
+
+    # internals ----------------------------------------------------------------------
+    def _flush(self) -> None:
+        self._tracker.flush()
+
+
+class Heartbeat(threading.Thread):
+    """Renews the run's lease and notices cancel requests while the executor works."""
+
+    def __init__(self, ctx: JobContext, interval: float, lease: float) -> None:
+        super().__init__(name=f"heartbeat-{ctx.run_id}", daemon=True)
+        self.ctx, self.interval, self.lease = ctx, interval, lease
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                status = service.heartbeat(self.ctx.run_id, self.lease)
+                if status in (S.CANCELLING, S.CANCELLED):
+                    self.ctx._cancel_seen.set()
+                self.ctx._flush()
+            except Exception as exc:  # the database may be briefly away; the lease tells the sweeper
+                log.warning("heartbeat for run %s failed: %s", self.ctx.run_id, exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=self.interval + 5)
+
+
+def execute(run_id: str, dispatch_attempt: int, job_key: str) -> str:
+    settings = get_settings()
+    job_type = get_registry().resolve(job_key)
+    rid = uuid.UUID(run_id)
+    lease = max(settings.heartbeat_seconds * 4, 10.0)
+    if not service.start(rid, dispatch_attempt, socket.gethostname(), lease):
+        return "skipped"
+    run = in_transaction(lambda s: s.get(Run, rid))
+    ctx = JobContext(run, job_type, settings)
+    beat = Heartbeat(ctx, settings.heartbeat_seconds, lease)
+    beat.start()
+    try:
+        return _run_executor(ctx)
+    finally:
+        beat.stop()
+
+
+def _run_executor(ctx: JobContext) -> str:
+    job_type, rid = ctx.job_type, ctx.run_id
+    try:
+        config = job_type.config_model.model_validate(ctx.run.config)
+        returned = job_type.load_executor()(ctx, config)
+        ctx._flush()
+        results = {**ctx.results, **(returned or {})}
+        return _finish(ctx, results)
+    except JobCancelled as exc:
+        ctx._flush()
+        service.mark_cancelled(rid, exc.message)
+        return "cancelled"
+    except SoftTimeLimitExceeded:
+        service.time_out(rid, f"Ran longer than the {job_type.label} time limit of {job_type.timeout_seconds} s")
+        return "timed_out"
+    except CuratoreError as exc:
+        _flush_quietly(ctx)
+        service.fail(rid, exc.message, results=ctx.results or None)
+        return "failed"
+    except Exception as exc:
+        _flush_quietly(ctx)
+        log.exception("run %s failed", rid)
+        service.fail(rid, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), results=ctx.results or None)
+        return "failed"
+
+
+def _flush_quietly(ctx: JobContext) -> None:
+    try:
+        ctx._flush()
+    except Exception:  # noqa: BLE001 - the failure itself is what gets recorded
+        pass
+
+
+def _finish(ctx: JobContext, results: dict[str, Any]) -> str:
+    rid = ctx.run_id
+    group = groups.group_of(rid)
+    if group is not None:
+        service.set_results(rid, results)
+        service.add_log(rid, LogLevel.INFO, "children_spawned",
+                        f"Spawned {ctx.children_spawned} child runs; the run ends when they do",
+                        {"children": ctx.children_spawned})
+        groups.seal(group.id)
+        return "sealed"
+    if service.complete(rid, results):
+        return "completed"
+    if service.mark_cancelled(rid, "Finished its work after the cancel request; kept as cancelled"):
+        return "cancelled"
+    return "refused"

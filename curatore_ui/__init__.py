@@ -1,0 +1,1 @@
+"""Curatore Jobs web UI (Reflex)."""

@@ -1,0 +1,71 @@
+"""The shared page shell: a left sidebar with navigation and a bounded content area."""
+
+import reflex as rx
+
+NAV_ITEMS: tuple[tuple[str, str], ...] = (
+    ("Jobs", "/system/jobs"),
+    ("Queues", "/system/queues"),
+)
+
+
+def _nav_link(label: str, href: str) -> rx.Component:
+    return rx.link(
+        rx.text(label, size="3", weight="medium"),
+        href=href,
+        underline="none",
+        color_scheme="gray",
+        high_contrast=True,
+        padding_x="0.75rem",
+        padding_y="0.5rem",
+        border_radius="var(--radius-2)",
+        width="100%",
+        _hover={"background": "var(--gray-a3)"},
+    )
+
+
+def _sidebar() -> rx.Component:
+    return rx.vstack(
+        rx.link(
+            rx.heading("Curatore", size="5"),
+            href="/",
+            underline="none",
+            high_contrast=True,
+            padding_x="0.75rem",
+        ),
+        rx.separator(),
+        rx.vstack(
+            *(_nav_link(label, href) for label, href in NAV_ITEMS),
+            spacing="1",
+            width="100%",
+        ),
+        as_="nav",
+        spacing="4",
+        width="14rem",
+        min_height="100vh",
+        padding="1rem",
+        flex_shrink="0",
+        border_right="1px solid var(--gray-a5)",
+        background="var(--gray-a2)",
+    )
+
+
+def layout(title: str, *children: rx.Component) -> rx.Component:
+    """Wrap a page's content in the shared shell, under a heading with ``title``."""
+    return rx.hstack(
+        _sidebar(),
+        rx.box(
+            rx.vstack(
+                rx.heading(title, size="7", as_="h1"),
+                *children,
+                spacing="4",
+                width="100%",
+            ),
+            as_="main",
+            width="100%",
+            max_width="72rem",
+            padding="2rem",
+        ),
+        spacing="0",
+        align="start",
+        width="100%",
+    )
