@@ -12,7 +12,10 @@ import logging
 import uuid
 from typing import Any
 
+from kombu.exceptions import KombuError
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError as SQLOperationalError
 from sqlmodel import Session
 
 from backend.config import get_settings
@@ -23,6 +26,13 @@ from backend.queues.registry import get_registry
 from backend.runs import service
 
 log = logging.getLogger(__name__)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, KombuError, KombuOperationalError, SQLOperationalError)
+try:
+    import redis.exceptions
+
+    BROKER_ERRORS += (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+except ImportError:  # pragma: no cover - redis is a dependency
+    pass
 
 
 def dispatch(run_id: uuid.UUID) -> bool:
@@ -35,7 +45,7 @@ def dispatch(run_id: uuid.UUID) -> bool:
         return False
     try:
         _publish(job_type.task_name, job_type.queue, run_id, attempt, task_id, job_type.timeout_seconds)
-    except Exception as exc:
+    except BROKER_ERRORS as exc:
         message = (
             f"Could not reach the message broker ({type(exc).__name__}: {exc}). "
             "The run was not started; retry it when the broker is back."
