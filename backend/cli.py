@@ -108,7 +108,8 @@ def submit(
         raise CuratoreError(f"--config is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise CuratoreError("--config must be a JSON object.")
-    get_registry().resolve(run_type)
+    # Refuse a bad type or config before storing any file, so a refused submit leaves nothing behind.
+    get_registry().validate_config(run_type, _store_paths(None, config))
     if display_name is None and isinstance(config.get("path"), str):
         display_name = config["path"]
     org = ensure_org(org_slug or get_settings().default_org_slug)
@@ -121,14 +122,23 @@ def submit(
         sys.exit(_follow(run.id, timeout))
 
 
-def _store_paths(org_id: uuid.UUID, config: dict[str, Any]) -> dict[str, Any]:
+def _store_paths(org_id: uuid.UUID | None, config: dict[str, Any]) -> dict[str, Any]:
+    """Replace "path"/"paths" by the ids of the stored files (placeholder ids when ``org_id`` is None)."""
     from backend.storage.assets import store_local_file
+
+    def store(path: object) -> str:
+        if not isinstance(path, str) or not path:
+            raise CuratoreError(f"A path in --config must be a non-empty string, not {json.dumps(path)}.")
+        return str(uuid.UUID(int=0) if org_id is None else store_local_file(org_id, path).id)
 
     config = dict(config)
     if "path" in config:
-        config["asset_id"] = str(store_local_file(org_id, config.pop("path")).id)
+        config["asset_id"] = store(config.pop("path"))
     if "paths" in config:
-        config["asset_ids"] = [str(store_local_file(org_id, p).id) for p in config.pop("paths")]
+        paths = config.pop("paths")
+        if not isinstance(paths, list):
+            raise CuratoreError('"paths" in --config must be a list of file paths.')
+        config["asset_ids"] = [store(p) for p in paths]
     return config
 
 

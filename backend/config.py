@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     registry_overrides: Path | None = None
 
     heartbeat_seconds: float = 5.0
+    # The live bridge reads the outbox at least this often (Redis wake-ups make it immediate).
+    live_poll_seconds: float = 0.5
     progress_min_interval: float = 0.25
     broker_publish_retries: int = 2
     default_org_slug: str = "demo"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zipfile
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import PurePath
@@ -141,13 +140,12 @@ def _pdf(filename: str, data: bytes, fmt: str) -> Extracted:
     if not data.startswith(b"%PDF-"):
         raise UnsupportedFile(f"{filename} is named like a PDF but is {_sniff(data) or 'not a PDF'}.")
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     try:
         reader = PdfReader(io.BytesIO(data))
         pages = [page.extract_text() or "" for page in reader.pages]
-    except (PdfReadError, ValueError, KeyError, OSError) as exc:
-        raise UnsupportedFile(f"{filename} is a damaged PDF: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - on damaged files pypdf raises TypeError, LimitReachedError...
+        raise UnsupportedFile(f"{filename} is a damaged PDF: {_reason(exc)}") from None
     return Extracted("\n\n".join(p.strip() for p in pages).strip(), "pdf", {"pages": len(pages)})
 
 
@@ -158,10 +156,17 @@ def _docx(filename: str, data: bytes, fmt: str) -> Extracted:
 
     try:
         document = docx.Document(io.BytesIO(data))
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise UnsupportedFile(f"{filename} is not a valid Word document: {exc}") from None
-    paragraphs = [p.text for p in document.paragraphs if p.text.strip()]
-    for table in document.tables:
-        for row in table.rows:
-            paragraphs.append(" | ".join(cell.text.strip() for cell in row.cells))
+        paragraphs = [p.text for p in document.paragraphs if p.text.strip()]
+        for table in document.tables:
+            for row in table.rows:
+                paragraphs.append(" | ".join(cell.text.strip() for cell in row.cells))
+    except Exception as exc:  # noqa: BLE001 - zipfile, zlib, lxml and python-docx each raise their own types
+        raise UnsupportedFile(f"{filename} is not a valid Word document: {_reason(exc)}") from None
     return Extracted("\n".join(paragraphs), "docx", {"paragraphs": len(document.paragraphs)})
+
+
+def _reason(exc: Exception) -> str:
+    """The parser's own words, or the name of its exception when it gave none."""
+    said = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # a KeyError's str() is quoted
+    text = " ".join(str(said).split())
+    return text or type(exc).__name__

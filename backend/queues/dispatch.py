@@ -88,3 +88,34 @@ def submit_run(run_type: str, config: dict[str, Any], **kwargs: Any) -> Run:
     run = service.create_run(run_type, config, **kwargs)
     dispatch(run.id)
     return run
+
+
+def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:
+    """A new run of the same type and config, with ``retry_of`` and the next attempt number."""
+    from backend.errors import NotCapable
+    from backend.runs.queries import get_run
+    from backend.runs.states import RunOrigin, RunStatus
+
+    original = get_run(run_id)
+    job_type = get_registry().resolve(original.run_type)
+    status = RunStatus(original.status)
+    if not job_type.capabilities.retry:
+        raise NotCapable(f"{job_type.label} runs cannot be retried.")
+    if status not in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED):
+        raise NotCapable(f"Only failed, timed-out or cancelled runs can be retried; this one is {status.value}.")
+    run = service.create_run(
+        original.run_type,
+        original.config,
+        organization_id=original.organization_id,
+        origin=RunOrigin(original.origin),
+        priority=original.priority,
+        created_by=created_by or original.created_by,
+        display_name=original.display_name,
+        input_asset_ids=original.input_asset_ids,
+        retry_of=original.id,
+        attempt=original.attempt + 1,
+    )
+    service.add_log(run.id, "INFO", "retry", f"Retry of {original.id} (attempt {run.attempt})",
+                    {"retry_of": str(original.id)})
+    dispatch(run.id)
+    return run

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from backend.config import get_settings
-from backend.errors import InvalidConfig, UnknownRunType
+from backend.errors import CuratoreError, InvalidConfig, UnknownRunType
 from backend.queues import configs as c
 
 
@@ -340,7 +340,10 @@ def _build(registry: Registry) -> None:
     if settings.registry_overrides:
         registry.apply_overrides(json.loads(settings.registry_overrides.read_text()))
     for module in settings.job_modules:
-        importlib.import_module(module)  # such a module calls register(...)
+        try:
+            importlib.import_module(module)  # such a module calls register(...)
+        except ImportError as exc:
+            raise CuratoreError(f"CURATORE_JOB_MODULES names {module!r}, which cannot be imported: {exc}") from exc
 
 
 def register(job_type: JobType) -> JobType:

@@ -12,11 +12,11 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlmodel import Session
 
 from backend.config import get_settings
-from backend.db.models import OutboxEvent
+from backend.db.models import OutboxEvent, Run
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,23 @@ OUTBOX_LOCK_KEY = 0x43555241  # "CURA"
 NOTIFY_CHANNEL = "curatore:outbox"
 
 
-def append(session: Session, organization_id: uuid.UUID, run_id: uuid.UUID, kind: str, payload: dict[str, Any]) -> None:
+def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, Any]) -> None:
+    """Record a change of ``run_id``; the payload also names the run's type, parent and resource,
+    so listeners can route it without reading the run."""
+    row = session.execute(
+        select(Run.organization_id, Run.run_type, Run.parent_run_id, Run.resource_type, Run.resource_id).where(
+            Run.id == run_id
+        )
+    ).one()
+    payload = payload | {
+        "run": {
+            "run_type": row.run_type,
+            "parent_run_id": str(row.parent_run_id) if row.parent_run_id else None,
+            "resource_type": row.resource_type,
+            "resource_id": row.resource_id,
+        }
+    }
+    organization_id = row.organization_id
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": OUTBOX_LOCK_KEY})
     session.add(OutboxEvent(organization_id=organization_id, run_id=run_id, kind=kind, payload=payload))
@@ -50,3 +66,29 @@ def notify() -> None:
     except Exception as exc:  # listeners fall back to polling
         log.debug("outbox notify failed: %s", exc)
         _redis_client = None
+
+
+def last_seq() -> int:
+    """The newest outbox sequence number (0 when empty)."""
+    from backend.db.engine import in_transaction
+
+    return in_transaction(lambda s: s.execute(select(func.coalesce(func.max(OutboxEvent.seq), 0))).scalar_one())
+
+
+def read_after(seq: int, limit: int = 1000) -> list[dict[str, Any]]:
+    """Outbox rows after ``seq``, oldest first, as plain dicts."""
+    from backend.db.engine import in_transaction
+
+    stmt = select(OutboxEvent).where(OutboxEvent.seq > seq).order_by(OutboxEvent.seq).limit(limit)
+    rows = in_transaction(lambda s: s.execute(stmt).scalars().all())
+    return [
+        {
+            "seq": r.seq,
+            "organization_id": str(r.organization_id),
+            "run_id": str(r.run_id),
+            "kind": r.kind,
+            "payload": r.payload,
+            "created_at": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]

@@ -43,13 +43,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _org_of(session: Session, run_id: uuid.UUID) -> uuid.UUID:
-    org = session.execute(select(Run.organization_id).where(Run.id == run_id)).scalar_one_or_none()
-    if org is None:
-        raise RunNotFound(f"No run with id {run_id}.")
-    return org
-
-
 def _add_log(
     session: Session,
     run_id: uuid.UUID,
@@ -132,7 +125,7 @@ def create_run(
         s.add(run)
         s.flush()
         event = _add_log(s, run.id, LogLevel.INFO, "created", f"{job_type.label} run created", {"origin": origin.value})
-        outbox.append(s, organization_id, run.id, "created", {"status": S.PENDING.value, "event": _event_payload(event)})
+        outbox.append(s, run.id, "created", {"status": S.PENDING.value, "event": _event_payload(event)})
         after_commit(s, outbox.notify)
         return run
 
@@ -199,7 +192,6 @@ def transition(
         changed = {k: v for k, v in stamp.items() if k != "status" and not hasattr(v, "compile")}
         outbox.append(
             session,
-            _org_of(session, run_id),
             run_id,
             "status",
             {"status": to.value, "from": current.value, "fields": _json_safe(changed), "event": _event_payload(event)},
@@ -221,7 +213,7 @@ def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunSta
         f"Refused to move from {current.value} to {to.value}: {message}",
         {"from": current.value, "to": to.value},
     )
-    outbox.append(session, _org_of(session, run_id), run_id, "log", {"event": _event_payload(event)})
+    outbox.append(session, run_id, "log", {"event": _event_payload(event)})
 
 
 def _on_terminal(session: Session, run_id: uuid.UUID, to: RunStatus) -> None:
@@ -378,7 +370,7 @@ def add_log(
     def write(s: Session) -> None:
         event = _add_log(s, run_id, level, event_type, message, context)
         s.execute(update(Run).where(Run.id == run_id).values(last_activity_at=utcnow()))
-        outbox.append(s, _org_of(s, run_id), run_id, "log", {"event": _event_payload(event)})
+        outbox.append(s, run_id, "log", {"event": _event_payload(event)})
         _revive_if_stale(s, run_id)
         after_commit(s, outbox.notify)
 
@@ -390,7 +382,7 @@ def set_progress(run_id: uuid.UUID, progress: dict[str, Any]) -> None:
 
     def write(s: Session) -> None:
         s.execute(update(Run).where(Run.id == run_id).values(progress=_json_safe(progress), last_activity_at=utcnow()))
-        outbox.append(s, _org_of(s, run_id), run_id, "progress", {"progress": _json_safe(progress)})
+        outbox.append(s, run_id, "progress", {"progress": _json_safe(progress)})
         _revive_if_stale(s, run_id)
         after_commit(s, outbox.notify)
 
@@ -402,13 +394,17 @@ def log_phase(run_id: uuid.UUID, phase: str, previous: str | None) -> None:
 
 
 def heartbeat(run_id: uuid.UUID, lease_seconds: float) -> RunStatus:
-    """Renew the run's lease; returns its status so the worker learns of a cancel."""
+    """Renew the run's lease; returns its status so the worker learns of a cancel.
+
+    Only a run a worker holds (running, cancelling, stale) has a lease: a late beat
+    after the run ended or was re-queued must not lease it again.
+    """
 
     def write(s: Session) -> RunStatus:
         now = utcnow()
         s.execute(
             update(Run)
-            .where(Run.id == run_id)
+            .where(Run.id == run_id, Run.status.in_([S.RUNNING, S.CANCELLING, S.STALE]))
             .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
         )
         _revive_if_stale(s, run_id)

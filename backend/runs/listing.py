@@ -1,0 +1,229 @@
+"""The jobs list: filters, search, keyset pages, counts, queue positions.
+
+A page is addressed by an opaque cursor (the sort key of its last row), so
+page N costs the same as page 1 however many runs there are.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import String, and_, cast, func, or_, select
+from sqlalchemy.sql import Select
+from sqlmodel import Session
+
+from backend.db.engine import in_transaction
+from backend.db.models import Organization, Run, RunGroup
+from backend.db.types import utcnow
+from backend.queues.registry import get_registry
+from backend.runs.states import RunOrigin, RunStatus
+
+S = RunStatus
+QUEUED = (S.PENDING, S.SUBMITTED)
+ACTIVE_RUNNING = (S.RUNNING, S.CANCELLING, S.STALE)
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    organization_id: uuid.UUID | None = None  # None: every organization (system admins)
+    run_types: tuple[str, ...] = ()  # registry keys; aliases of a key are included
+    statuses: tuple[RunStatus, ...] = ()
+    origins: tuple[RunOrigin, ...] = ()
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    search: str = ""
+    top_level_only: bool = False
+    parent_run_id: uuid.UUID | None = None
+    sort: Literal["created", "priority"] = "created"
+
+
+@dataclass
+class Page:
+    runs: list[Run]
+    next_cursor: str | None
+    child_counts: dict[uuid.UUID, dict[str, int]] = field(default_factory=dict)
+    queue_positions: dict[uuid.UUID, int] = field(default_factory=dict)
+    org_slugs: dict[uuid.UUID, str] = field(default_factory=dict)
+
+
+def _types_with_aliases(keys: tuple[str, ...]) -> list[str]:
+    registry = get_registry()
+    names = set(keys)
+    for alias, key in registry.aliases.items():
+        if key in names:
+            names.add(alias)
+    return sorted(names)
+
+
+def _filtered(q: ListQuery, *, with_types: bool = True, with_statuses: bool = True) -> Select[Any]:
+    stmt = select(Run)
+    if q.organization_id:
+        stmt = stmt.where(Run.organization_id == q.organization_id)
+    if with_types and q.run_types:
+        stmt = stmt.where(Run.run_type.in_(_types_with_aliases(q.run_types)))
+    if with_statuses and q.statuses:
+        stmt = stmt.where(Run.status.in_(q.statuses))
+    if q.origins:
+        stmt = stmt.where(Run.origin.in_(q.origins))
+    if q.created_from:
+        stmt = stmt.where(Run.created_at >= q.created_from)
+    if q.created_to:
+        stmt = stmt.where(Run.created_at < q.created_to)
+    if q.top_level_only:
+        stmt = stmt.where(Run.parent_run_id.is_(None))
+    if q.parent_run_id:
+        stmt = stmt.where(Run.parent_run_id == q.parent_run_id)
+    if q.search.strip():
+        stmt = stmt.where(_search_clause(q.search.strip()))
+    return stmt
+
+
+def _search_clause(text: str) -> Any:
+    like = f"%{text.lower()}%"
+    clauses = [
+        func.lower(func.coalesce(Run.display_name, "")).like(like),
+        func.lower(cast(Run.config, String)).like(like),
+        func.lower(Run.run_type).like(like),
+    ]
+    try:
+        clauses.append(Run.id == uuid.UUID(text))
+    except ValueError:
+        hexpart = text.lower().replace("-", "")
+        if 4 <= len(hexpart) <= 32 and all(c in "0123456789abcdef" for c in hexpart):
+            clauses.append(func.lower(func.replace(cast(Run.id, String), "-", "")).like(f"{hexpart}%"))
+    return or_(*clauses)
+
+
+def _encode(values: list[Any]) -> str:
+    raw = json.dumps([v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v
+                      for v in values])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> list[Any]:
+    try:
+        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, json.JSONDecodeError):
+        from backend.errors import CuratoreError
+
+        raise CuratoreError("That page cursor is not valid.") from None
+
+
+def page(q: ListQuery, cursor: str | None = None, limit: int = 50, session: Session | None = None) -> Page:
+    stmt = _filtered(q)
+    if q.sort == "priority":
+        order = (Run.priority.desc(), Run.created_at.desc(), Run.id.desc())
+        if cursor:
+            prio, created, rid = _decode(cursor)
+            created_dt, rid_u = datetime.fromisoformat(created), uuid.UUID(rid)
+            stmt = stmt.where(
+                or_(
+                    Run.priority < prio,
+                    and_(Run.priority == prio, Run.created_at < created_dt),
+                    and_(Run.priority == prio, Run.created_at == created_dt, Run.id < rid_u),
+                )
+            )
+    else:
+        order = (Run.created_at.desc(), Run.id.desc())
+        if cursor:
+            created, rid = _decode(cursor)
+            created_dt, rid_u = datetime.fromisoformat(created), uuid.UUID(rid)
+            stmt = stmt.where(or_(Run.created_at < created_dt, and_(Run.created_at == created_dt, Run.id < rid_u)))
+    stmt = stmt.order_by(*order).limit(limit + 1)
+
+    def read(s: Session) -> Page:
+        rows = list(s.execute(stmt).scalars().all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = None
+        if more and rows:
+            last = rows[-1]
+            key = [last.priority, last.created_at, last.id] if q.sort == "priority" else [last.created_at, last.id]
+            next_cursor = _encode(key)
+        return Page(
+            runs=rows,
+            next_cursor=next_cursor,
+            child_counts=child_counts([r.id for r in rows if r.is_group_parent], s),
+            queue_positions=queue_positions([r for r in rows if RunStatus(r.status) in QUEUED], s),
+            org_slugs=_org_slugs({r.organization_id for r in rows}, s),
+        )
+
+    return in_transaction(read, session)
+
+
+def child_counts(parent_ids: list[uuid.UUID], session: Session) -> dict[uuid.UUID, dict[str, int]]:
+    if not parent_ids:
+        return {}
+    rows = session.execute(select(RunGroup).where(RunGroup.parent_run_id.in_(parent_ids))).scalars().all()
+    return {g.parent_run_id: group_counts(g) for g in rows}
+
+
+def group_counts(g: RunGroup) -> dict[str, int]:
+    done = g.completed + g.failed + g.cancelled
+    return {
+        "total": g.expected, "completed": g.completed, "failed": g.failed, "cancelled": g.cancelled,
+        "active": max(g.expected - done, 0),
+    }
+
+
+def queue_positions(runs: list[Run], session: Session) -> dict[uuid.UUID, int]:
+    """1-based position of each queued run in its queue (priority first, then age)."""
+    if not runs:
+        return {}
+    queues = {r.queue for r in runs}
+    position = func.row_number().over(
+        partition_by=Run.queue, order_by=(Run.priority.desc(), Run.created_at, Run.id)
+    ).label("position")
+    inner = select(Run.id, position).where(Run.status.in_(QUEUED), Run.queue.in_(queues)).subquery()
+    wanted = {r.id for r in runs}
+    rows = session.execute(select(inner.c.id, inner.c.position).where(inner.c.id.in_(wanted))).all()
+    return {row.id: int(row.position) for row in rows}
+
+
+def _org_slugs(org_ids: set[uuid.UUID], session: Session) -> dict[uuid.UUID, str]:
+    if not org_ids:
+        return {}
+    rows = session.execute(select(Organization.id, Organization.slug).where(Organization.id.in_(org_ids))).all()
+    return {row.id: row.slug for row in rows}
+
+
+def type_counts(q: ListQuery, session: Session | None = None) -> dict[str, int]:
+    """Runs per registry key under every filter but the type filter (for the type tabs)."""
+    base = _filtered(q, with_types=False).subquery()
+    stmt = select(base.c.run_type, func.count()).group_by(base.c.run_type)
+
+    def read(s: Session) -> dict[str, int]:
+        registry = get_registry()
+        counts: dict[str, int] = {}
+        for run_type, n in s.execute(stmt).all():
+            job_type = registry.find(run_type)
+            key = job_type.key if job_type else run_type
+            counts[key] = counts.get(key, 0) + n
+        return counts
+
+    return in_transaction(read, session)
+
+
+def status_cards(organization_id: uuid.UUID | None, session: Session | None = None) -> dict[str, int]:
+    """pending, running, done in the last 24 h, failed in the last 24 h, stale."""
+    since = utcnow() - timedelta(hours=24)
+    org = [Run.organization_id == organization_id] if organization_id else []
+
+    def count(s: Session, *where: Any) -> int:
+        return int(s.execute(select(func.count()).select_from(Run).where(*org, *where)).scalar_one())
+
+    def read(s: Session) -> dict[str, int]:
+        return {
+            "pending": count(s, Run.status.in_(QUEUED)),
+            "running": count(s, Run.status.in_((S.RUNNING, S.CANCELLING))),
+            "done_24h": count(s, Run.status == S.COMPLETED, Run.completed_at >= since),
+            "failed_24h": count(s, Run.status.in_((S.FAILED, S.TIMED_OUT)), Run.completed_at >= since),
+            "stale": count(s, Run.status == S.STALE),
+        }
+
+    return in_transaction(read, session)

@@ -1,0 +1,206 @@
+"""State of the job detail page: one run, its log window, its children; live."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from typing import Any
+
+import reflex as rx
+
+from backend.errors import CuratoreError
+from backend.queues.dispatch import retry_run
+from backend.queues.registry import get_registry
+from backend.runs import listing, queries, service
+from backend.runs.states import RunStatus
+from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.views import (
+    LinkItem, LogLine, RunRow, counter_text, duration, log_line, pretty_json, route_params, run_href, run_row, ts,
+)
+
+LOG_WINDOW = 300
+CHILD_WINDOW = 100
+
+
+def _facts(pairs: list[tuple[str, Any]]) -> list[LinkItem]:
+    return [LinkItem(label=k, name=str(v)) for k, v in pairs if v not in (None, "")]
+
+
+def _snapshot(run_id: str, scoped_slug: str | None) -> dict[str, Any]:
+    """Everything the page shows, read in one go (runs in a thread)."""
+    run = queries.get_run(run_id)
+    job_type = get_registry().find(run.run_type)
+    slug = queries.org_slug(run.organization_id)
+    group = queries.group_for(run.id)
+    counts = listing.group_counts(group) if group else {}
+    row = run_row(run, org_slug=slug, children=counts, scoped_slug=scoped_slug)
+    related = []
+    if run.parent_run_id:
+        related.append(LinkItem("Parent job", str(run.parent_run_id)[:8], run_href(run.parent_run_id, scoped_slug),
+                                "git-branch", "gray"))
+    if run.retry_of:
+        related.append(LinkItem("Retry of", str(run.retry_of)[:8], run_href(run.retry_of, scoped_slug),
+                                "rotate-ccw", "gray"))
+    if job_type and job_type.resource_link:
+        link = job_type.resource_link(run.config or {}, slug)
+        if link:
+            related.append(LinkItem(link.label, link.name, link.href, link.icon, link.color))
+    for asset_id in run.input_asset_ids or []:
+        if not any(r.name == str(asset_id) for r in related):
+            related.append(LinkItem("Asset", str(asset_id)[:8], f"/orgs/{slug}/assets/{asset_id}", "file", "blue"))
+    logs = queries.get_logs(run.id, after_id=0, limit=100_000)
+    children = queries.list_runs(queries.RunFilter(parent_run_id=run.id), limit=CHILD_WINDOW) if group else []
+    return {
+        "row": row,
+        "run": run,
+        "job_type": job_type,
+        "slug": slug,
+        "related": related,
+        "logs": logs[-LOG_WINDOW:],
+        "hidden": max(len(logs) - LOG_WINDOW, 0),
+        "children": [run_row(c, org_slug=slug, scoped_slug=scoped_slug) for c in children],
+    }
+
+
+class JobDetailState(rx.State):
+    live_seq: int = 0
+    loading: bool = True
+    not_found: str = ""
+    scoped_slug: str = ""
+    run: RunRow = RunRow()
+    error_message: str = ""
+    results: list[LinkItem] = []
+    results_json: str = ""
+    config_json: str = ""
+    progress_json: str = ""
+    timestamps: list[LinkItem] = []
+    metadata: list[LinkItem] = []
+    capabilities: list[LinkItem] = []
+    related: list[LinkItem] = []
+    logs: list[LogLine] = []
+    hidden_logs: int = 0
+    children: list[RunRow] = []
+    notice: str = ""
+    toasted: list[str] = []
+
+    @rx.event
+    async def load(self) -> None:
+        params = route_params(self.router.url.path)
+        run_id = params.get("run_id", "")
+        self.scoped_slug = params.get("slug", "")
+        self.loading = True
+        seq = await asyncio.to_thread(current_seq)
+        try:
+            snap = await asyncio.to_thread(_snapshot, run_id, self.scoped_slug or None)
+        except CuratoreError as exc:
+            self.not_found = exc.message
+            self.loading = False
+            return
+        self.not_found = ""
+        self._apply_snapshot(snap)
+        self.logs = [log_line(e) for e in snap["logs"]]
+        self.hidden_logs = snap["hidden"]
+        self.live_seq = seq
+        self.loading = False
+        bridge.watch(
+            self.router.session.client_token,
+            Watch(JobDetailState, run_id=self.run.id, parent_run_id=self.run.id, since_seq=seq),
+        )
+
+    def _apply_snapshot(self, snap: dict[str, Any]) -> None:
+        run, job_type = snap["run"], snap["job_type"]
+        self.run = snap["row"]
+        self.error_message = run.error_message or ""
+        summary = run.results_summary or {}
+        self.results = [LinkItem(label=k.replace("_", " "), name=str(v)) for k, v in summary.items()
+                        if isinstance(v, (int, float, str, bool))]
+        self.results_json = pretty_json(summary)
+        self.config_json = pretty_json(run.config)
+        self.progress_json = pretty_json(run.progress)
+        self.timestamps = _facts([
+            ("Created", ts(run.created_at)), ("Submitted", ts(run.submitted_at)), ("Started", ts(run.started_at)),
+            ("Completed", ts(run.completed_at)), ("Duration", duration(run.started_at, run.completed_at)),
+            ("Last activity", ts(run.last_activity_at)), ("Cancel requested", ts(run.cancel_requested_at)),
+        ])
+        self.metadata = _facts([
+            ("Type", job_type.label if job_type else run.run_type), ("Run type", run.run_type),
+            ("Origin", self.run.origin), ("Organization", snap["slug"]), ("Queue", run.queue),
+            ("Priority", run.priority), ("Timeout", f"{job_type.timeout_seconds} s" if job_type else ""),
+            ("Attempt", run.attempt), ("Created by", run.created_by), ("Worker", run.worker_hostname),
+            ("Celery task", run.celery_task_id), ("Trace id", run.trace_id),
+        ])
+        caps = job_type.capabilities if job_type else None
+        self.capabilities = [LinkItem(label=name, name="yes" if getattr(caps, name, False) else "no")
+                             for name in ("cancel", "retry", "throttle", "boost")]
+        self.related = snap["related"]
+        self.children = snap["children"]
+
+    async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
+        mine = [e for e in events if e["run_id"] == self.run.id]
+        for event in mine:
+            payload = event["payload"]
+            if event["kind"] == "progress":
+                self._apply_progress(payload["progress"])
+            logged = payload.get("event")
+            if logged and (not self.logs or logged["id"] > self.logs[-1].id):
+                self.logs.append(log_line(logged))
+        if len(self.logs) > LOG_WINDOW:
+            self.hidden_logs += len(self.logs) - LOG_WINDOW
+            self.logs = self.logs[-LOG_WINDOW:]
+        needs_refresh = any(e["kind"] in ("status", "created") for e in events)
+        if needs_refresh:
+            snap = await asyncio.to_thread(_snapshot, self.run.id, self.scoped_slug or None)
+            self._apply_snapshot(snap)
+        return self._toasts(mine)
+
+    def _apply_progress(self, progress: dict[str, Any]) -> None:
+        percent = progress.get("percent")
+        self.run = dataclasses.replace(
+            self.run,
+            percent=float(percent or 0.0),
+            has_percent=percent is not None,
+            phase=progress.get("phase") or "",
+            counter=counter_text(progress),
+            current_item=progress.get("current_item") or "",
+        )
+        self.progress_json = pretty_json(progress)
+
+    def _toasts(self, events: list[dict[str, Any]]) -> list[Any]:
+        out = []
+        for event in events:
+            status = event["payload"].get("status")
+            if event["kind"] != "status" or status not in ("completed", "failed", "timed_out"):
+                continue
+            if event["run_id"] in self.toasted:
+                continue
+            self.toasted.append(event["run_id"])
+            job_type = get_registry().find(self.run.run_type)
+            if status == "completed":
+                text = job_type.toast("completed", name=self.run.name) if job_type else "Job completed"
+                out.append(rx.toast.success(text, id=f"run-{event['run_id']}"))
+            else:
+                text = job_type.toast("failed", name=self.run.name, error=self.error_message) if job_type else "Job failed"
+                out.append(rx.toast.error(text, id=f"run-{event['run_id']}"))
+        return out
+
+    @rx.event
+    async def cancel(self) -> None:
+        try:
+            status = await asyncio.to_thread(service.request_cancel, uuid.UUID(self.run.id), "admin")
+            self.notice = f"Cancel requested ({status.value})"
+        except CuratoreError as exc:
+            self.notice = exc.message
+
+    @rx.event
+    async def retry(self):  # type: ignore[no-untyped-def]
+        try:
+            new = await asyncio.to_thread(retry_run, uuid.UUID(self.run.id), created_by="admin")
+        except CuratoreError as exc:
+            self.notice = exc.message
+            return None
+        return rx.redirect(run_href(new.id, self.scoped_slug or None))
+
+    @rx.var
+    def is_active(self) -> bool:
+        return self.run.status not in [s.value for s in RunStatus if s.is_terminal]

@@ -1,0 +1,200 @@
+"""State of the jobs list: filters, one keyset page, counts, selection; live."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import reflex as rx
+
+from backend.auth.orgs import get_org
+from backend.errors import CuratoreError
+from backend.queues.dispatch import retry_run
+from backend.queues.registry import get_registry
+from backend.runs import listing, service
+from backend.runs.states import RunOrigin, RunStatus
+from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.views import RunRow, counter_text, route_params, run_row
+
+PAGE_SIZE = 25
+S = RunStatus
+STATUS_GROUPS: dict[str, tuple[RunStatus, ...]] = {
+    "pending": (S.PENDING, S.SUBMITTED),
+    "running": (S.RUNNING, S.CANCELLING),
+    "completed": (S.COMPLETED,),
+    "failed": (S.FAILED, S.TIMED_OUT),
+    "cancelled": (S.CANCELLED,),
+    "stale": (S.STALE,),
+}
+
+
+@dataclasses.dataclass
+class TypeTab:
+    key: str = ""
+    label: str = ""
+    count: int = 0
+    icon: str = "box"
+    color: str = "gray"
+
+
+def _date(value: str, end: bool = False) -> datetime | None:
+    if not value:
+        return None
+    day = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    return day + timedelta(days=1) if end else day
+
+
+def build_query(org_id: uuid.UUID | None, f: dict[str, str]) -> listing.ListQuery:
+    return listing.ListQuery(
+        organization_id=org_id,
+        run_types=(f["type"],) if f.get("type", "all") != "all" else (),
+        statuses=STATUS_GROUPS.get(f.get("status", "all"), ()),
+        origins=(RunOrigin(f["origin"]),) if f.get("origin", "all") != "all" else (),
+        created_from=_date(f.get("from", "")),
+        created_to=_date(f.get("to", ""), end=True),
+        search=f.get("search", ""),
+        sort="priority" if f.get("sort") == "priority" else "created",
+    )
+
+
+def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bool) -> dict[str, Any]:
+    org_id = get_org(org_slug).id if org_slug else None
+    q = build_query(org_id, filters)
+    pg = listing.page(q, cursor, PAGE_SIZE)
+    rows = [
+        run_row(r, org_slug=pg.org_slugs.get(r.organization_id, ""), children=pg.child_counts.get(r.id),
+                queue_position=pg.queue_positions.get(r.id, 0), scoped_slug=org_slug if scoped else None)
+        for r in pg.runs
+    ]
+    counts = listing.type_counts(q)
+    registry = get_registry()
+    tabs = [TypeTab("all", "All", sum(counts.values()), "layers", "gray")] + [
+        TypeTab(t.key, t.label, counts.get(t.key, 0), t.icon, t.color) for t in registry.types.values()
+    ]
+    return {"rows": rows, "next": pg.next_cursor or "", "tabs": tabs, "cards": listing.status_cards(org_id),
+            "org_id": str(org_id) if org_id else ""}
+
+
+class JobsListState(rx.State):
+    live_seq: int = 0
+    org_slug: str = ""
+    filters: dict[str, str] = {"type": "all", "status": "all", "origin": "all", "from": "", "to": "",
+                               "search": "", "sort": "created"}
+    rows: list[RunRow] = []
+    tabs: list[TypeTab] = []
+    cards: dict[str, int] = {}
+    cursor: str = ""
+    prev_cursors: list[str] = []
+    next_cursor: str = ""
+    selected: list[str] = []
+    notice: str = ""
+    error: str = ""
+
+    @rx.event
+    async def load(self) -> None:
+        self.org_slug = route_params(self.router.url.path).get("slug", "")
+        self.cursor, self.prev_cursors, self.selected = "", [], []
+        await self._refresh(watch=True)
+
+    async def _refresh(self, watch: bool = False) -> None:
+        seq = await asyncio.to_thread(current_seq)
+        try:
+            data = await asyncio.to_thread(_read, self.org_slug, dict(self.filters), self.cursor or None,
+                                           bool(self.org_slug))
+        except CuratoreError as exc:
+            self.error = exc.message
+            return
+        self.error = ""
+        self.rows, self.tabs, self.cards, self.next_cursor = data["rows"], data["tabs"], data["cards"], data["next"]
+        if watch:
+            self.live_seq = seq
+            scope = Watch(JobsListState, organization_id=data["org_id"] or None,
+                          all_organizations=not data["org_id"], since_seq=seq)
+            bridge.watch(self.router.session.client_token, scope)
+
+    async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
+        if any(e["kind"] in ("created", "status") for e in events):
+            await self._refresh()
+            return None
+        by_id = {row.id: i for i, row in enumerate(self.rows)}
+        for event in events:
+            if event["kind"] == "progress" and event["run_id"] in by_id:
+                i = by_id[event["run_id"]]
+                progress = event["payload"]["progress"]
+                self.rows[i] = dataclasses.replace(
+                    self.rows[i],
+                    percent=float(progress.get("percent") or 0.0),
+                    has_percent=progress.get("percent") is not None,
+                    phase=progress.get("phase") or "",
+                    counter=counter_text(progress),
+                )
+        return None
+
+    # ------------------------------------------------------------------ filters and paging
+    @rx.event
+    async def set_filter(self, key: str, value: str) -> None:
+        self.filters[key] = value
+        self.cursor, self.prev_cursors = "", []
+        await self._refresh()
+
+    @rx.event
+    async def next_page(self) -> None:
+        if self.next_cursor:
+            self.prev_cursors.append(self.cursor)
+            self.cursor = self.next_cursor
+            await self._refresh()
+
+    @rx.event
+    async def prev_page(self) -> None:
+        if self.prev_cursors:
+            self.cursor = self.prev_cursors.pop()
+            await self._refresh()
+
+    # ------------------------------------------------------------------ selection and bulk actions
+    @rx.event
+    def toggle(self, run_id: str) -> None:
+        if run_id in self.selected:
+            self.selected.remove(run_id)
+        else:
+            self.selected.append(run_id)
+
+    @rx.event
+    def toggle_page(self, checked: bool) -> None:
+        ids = [r.id for r in self.rows]
+        self.selected = sorted(set(self.selected) | set(ids)) if checked else [i for i in self.selected if i not in ids]
+
+    @rx.event
+    async def bulk_cancel(self) -> None:
+        done, errors = await asyncio.to_thread(_each, self.selected, lambda rid: service.request_cancel(rid, "admin"))
+        self.notice = f"Cancel requested for {done} run(s)" + (f"; {errors} could not be cancelled" if errors else "")
+        self.selected = []
+
+    @rx.event
+    async def bulk_retry(self) -> None:
+        done, errors = await asyncio.to_thread(_each, self.selected, lambda rid: retry_run(rid, created_by="admin"))
+        self.notice = f"Retried {done} run(s)" + (f"; {errors} could not be retried" if errors else "")
+        self.selected = []
+        await self._refresh()
+
+    @rx.event
+    async def cancel_one(self, run_id: str) -> None:
+        done, _ = await asyncio.to_thread(_each, [run_id], lambda rid: service.request_cancel(rid, "admin"))
+        self.notice = "Cancel requested" if done else "That run could not be cancelled"
+
+    @rx.var
+    def page_number(self) -> int:
+        return len(self.prev_cursors) + 1
+
+
+def _each(ids: list[str], action: Any) -> tuple[int, int]:
+    done = errors = 0
+    for rid in ids:
+        try:
+            action(uuid.UUID(rid))
+            done += 1
+        except CuratoreError:
+            errors += 1
+    return done, errors
