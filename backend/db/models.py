@@ -156,3 +156,17 @@ class OutboxEvent(SQLModel, table=True):
     kind: str = Field(max_length=24)
     payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A Celery worker node, as it last reported itself (the queue page's "workers online")."""
+
+    __tablename__ = "worker_heartbeats"
+
+    hostname: str = Field(primary_key=True, max_length=200)
+    queues: list[str] = Field(default_factory=list, sa_type=JSONType)
+    concurrency: int = 0
+    pid: int = 0
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    active_runs: int = 0

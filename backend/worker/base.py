@@ -147,12 +147,12 @@ class Heartbeat(threading.Thread):
         self.join(timeout=self.interval + 5)
 
 
-def execute(run_id: str, dispatch_attempt: int, job_key: str) -> str:
+def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None = None) -> str:
     settings = get_settings()
     job_type = get_registry().resolve(job_key)
     rid = uuid.UUID(run_id)
     lease = max(settings.heartbeat_seconds * 4, 10.0)
-    if not service.start(rid, dispatch_attempt, socket.gethostname(), lease):
+    if not service.start(rid, dispatch_attempt, worker or socket.gethostname(), lease):
         return "skipped"
     run = in_transaction(lambda s: s.get(Run, rid))
     ctx = JobContext(run, job_type, settings)

@@ -8,12 +8,14 @@ The database is the source of truth: tasks store no results.
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from kombu import Queue
 
 from backend.config import get_settings
 from backend.db.engine import dispose_engines
+from backend.queues import workers
 from backend.queues.registry import JobType, get_registry
+from backend.queues.workers import NodeHeartbeat
 from backend.worker import broker
 
 celery_app = Celery("curatore")
@@ -66,12 +68,36 @@ def ensure_task(app: Celery, job_type: JobType) -> None:
 def _run_task(task: "RunTask", run_id: str, dispatch_attempt: int) -> str:  # noqa: F821
     from backend.worker.base import execute
 
-    return execute(run_id, dispatch_attempt, task.job_key)
+    return execute(run_id, dispatch_attempt, task.job_key, task.request.hostname)
 
 
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: object) -> None:
     dispose_engines()
+
+
+_node_heartbeat: NodeHeartbeat | None = None
+
+
+@worker_ready.connect
+def _start_node_heartbeat(sender: object = None, **_: object) -> None:
+    global _node_heartbeat
+    consumer = sender
+    hostname = getattr(consumer, "hostname", None) or "worker"
+    queues = sorted(q.name for q in consumer.task_consumer.queues) if getattr(consumer, "task_consumer", None) else []
+    concurrency = getattr(getattr(consumer, "pool", None), "limit", 0) or 0
+    _node_heartbeat = NodeHeartbeat(hostname, queues, int(concurrency))
+    _node_heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_node_heartbeat(sender: object = None, **_: object) -> None:
+    if _node_heartbeat is not None:
+        _node_heartbeat.stopped.set()
+        try:
+            workers.gone(_node_heartbeat.hostname)
+        except Exception:  # noqa: BLE001 - shutting down; the row ages out anyway
+            pass
 
 
 configure(celery_app)

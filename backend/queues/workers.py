@@ -1,0 +1,75 @@
+"""Worker nodes report themselves in the database: the queue page lists who is online.
+
+(The embedded broker cannot broadcast, so Celery's own inspect/ping would not
+work there; the database works on every backend.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from backend.db.engine import in_transaction
+from backend.db.models import Run, WorkerHeartbeat
+from backend.db.types import utcnow
+from backend.runs.states import RunStatus
+
+log = logging.getLogger(__name__)
+BEAT_SECONDS = 5.0
+ONLINE_WITHIN = timedelta(seconds=20)
+
+
+def beat(hostname: str, queues: list[str], concurrency: int) -> None:
+    now = utcnow()
+
+    def write(s: Any) -> None:
+        changed = s.execute(
+            update(WorkerHeartbeat).where(WorkerHeartbeat.hostname == hostname)
+            .values(last_seen_at=now, queues=queues, concurrency=concurrency, pid=os.getpid())
+        ).rowcount
+        if not changed:
+            s.add(WorkerHeartbeat(hostname=hostname, queues=queues, concurrency=concurrency, pid=os.getpid(),
+                                  started_at=now, last_seen_at=now))
+
+    in_transaction(write)
+
+
+def gone(hostname: str) -> None:
+    in_transaction(lambda s: s.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.hostname == hostname)))
+
+
+def online() -> list[dict[str, Any]]:
+    since = utcnow() - ONLINE_WITHIN
+
+    def read(s: Any) -> list[dict[str, Any]]:
+        nodes = s.execute(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen_at >= since)
+                          .order_by(WorkerHeartbeat.hostname)).scalars().all()
+        busy = dict(s.execute(
+            select(Run.worker_hostname, func.count()).where(Run.status.in_((RunStatus.RUNNING, RunStatus.CANCELLING)))
+            .group_by(Run.worker_hostname)).all())
+        return [{"hostname": n.hostname, "queues": n.queues, "concurrency": n.concurrency, "pid": n.pid,
+                 "started_at": n.started_at, "last_seen_at": n.last_seen_at, "active_runs": busy.get(n.hostname, 0)}
+                for n in nodes]
+
+    return in_transaction(read)
+
+
+class NodeHeartbeat(threading.Thread):
+    def __init__(self, hostname: str, queues: list[str], concurrency: int) -> None:
+        super().__init__(name="curatore-node-heartbeat", daemon=True)
+        self.hostname, self.queues, self.concurrency = hostname, queues, concurrency
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                beat(self.hostname, self.queues, self.concurrency)
+            except Exception as exc:  # the database may be away for a moment
+                log.warning("worker heartbeat failed: %s", exc)
+            if self.stopped.wait(BEAT_SECONDS):
+                return
