@@ -44,11 +44,12 @@ def migrate() -> None:
 @click.option("--port", default=3000, show_default=True, help="Port of the web app.")
 @click.option("--backend-port", default=8000, show_default=True, help="Port of the Reflex backend.")
 @click.option("--no-ui", is_flag=True, help="Run the worker and scheduler only.")
-def dev(port: int, backend_port: int, no_ui: bool) -> None:
+@click.option("--reload", is_flag=True, help="Reflex dev mode: hot reload, backend on --backend-port.")
+def dev(port: int, backend_port: int, no_ui: bool, reload: bool) -> None:
     """Everything in one process group on this machine: web app, worker, scheduler. Ctrl-C stops all."""
     from backend.devserver import run_dev
 
-    sys.exit(run_dev(port=port, backend_port=backend_port, ui=not no_ui))
+    sys.exit(run_dev(port=port, backend_port=backend_port, ui=not no_ui, reload=reload))
 
 
 @main.command()

@@ -38,33 +38,31 @@ def reflex_env() -> dict[str, str]:
     return env
 
 
-def children(port: int, backend_port: int, ui: bool) -> list[Child]:
+def children(port: int, backend_port: int, ui: bool, reload: bool = False) -> list[Child]:
     settings = get_settings()
     py = sys.executable
     result = [
         Child("worker", [py, "-m", "backend.cli", "worker", "--concurrency", "4", "-n", "dev@%h"]),
         Child("scheduler", [py, "-m", "backend.cli", "scheduler"]),
     ]
-    if ui:
-        result.append(
-            Child(
-                "ui",
-                [py, "-m", "reflex", "run", "--frontend-port", str(port), "--backend-port", str(backend_port),
-                 "--loglevel", "info"],
-            )
-        )
+    if ui and reload:  # Reflex's dev mode: hot reload, frontend and backend on two ports
+        result.append(Child("ui", [py, "-m", "reflex", "run", "--frontend-port", str(port),
+                                   "--backend-port", str(backend_port), "--loglevel", "info"]))
+    elif ui:  # one port, a production build, no file watcher
+        result.append(Child("ui", [py, "-m", "reflex", "run", "--env", "prod", "--single-port",
+                                   "--frontend-port", str(port), "--backend-port", str(port), "--loglevel", "info"]))
     settings.ensure_dirs()
     return result
 
 
-def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True) -> int:
+def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload: bool = False) -> int:
     from backend.auth.orgs import ensure_org
     from backend.db.migrate import upgrade
 
     upgrade()
     org = ensure_org(get_settings().default_org_slug, "Demo")
     print(f"curatore dev: database ready; organization '{org.slug}'", flush=True)
-    procs = children(port, backend_port, ui)
+    procs = children(port, backend_port, ui, reload)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -92,8 +90,10 @@ def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True) -> int:
 
 
 def stop_all(procs: list[Child]) -> None:
+    """SIGTERM to each child (it stops its own), then SIGKILL to every group after the grace period."""
     for child in procs:
-        _signal_group(child, signal.SIGTERM)
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
     for child in procs:
         if child.proc is None:

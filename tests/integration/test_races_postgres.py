@@ -8,14 +8,17 @@ so the calls really overlap.
 - cancel vs. complete: 200 running runs; one process cancels each
   (``request_cancel`` then ``mark_cancelled``) while another completes it. Every
   run ends exactly once, and its ``status`` outbox rows form one valid chain.
-- a group of 50 children finished by 4 processes at once: exact counters, the
-  group finalized once, its parent ended once, its completion hook fired once.
+- groups of 50 children finished by 4 processes at once (some sealed up front,
+  some sealed by a fifth process while the children end): exact counters, each
+  group finalized once, its parent ended once, its completion hook fired once,
+  and sealing it again afterwards changes nothing.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import time
 import traceback
 import uuid
@@ -95,7 +98,20 @@ def _finish_children(barrier: Any, plan: list[list[tuple[str, str]]]) -> list[bo
     return out
 
 
-ROLES = {"cancel": _cancel_each, "complete": _complete_each, "finish": _finish_children}
+def _seal_groups(barrier: Any, plan: list[tuple[str | None, float]]) -> list[bool | None]:
+    """For each group in turn: after ``delay`` seconds, seal it while the children are ending (None: sealed before)."""
+    out: list[bool | None] = []
+    for group_id, delay in plan:
+        barrier.wait(BARRIER_TIMEOUT)
+        if group_id is None:
+            out.append(None)
+            continue
+        time.sleep(delay)
+        out.append(groups.seal(uuid.UUID(group_id)))
+    return out
+
+
+ROLES = {"cancel": _cancel_each, "complete": _complete_each, "finish": _finish_children, "seal": _seal_groups}
 
 
 def _process_main(key: str, role: str, env: dict[str, str], barrier: Any, results: Any, arg: Any) -> None:
@@ -230,12 +246,13 @@ def test_cancel_racing_complete_ends_each_run_once(pg_backend):
 @dataclass
 class GroupCase:
     expect: str  # the group's final status
+    seal_late: bool  # sealed by another process while its children end, not before
     group_id: uuid.UUID
     parent_id: uuid.UUID
     children: list[tuple[uuid.UUID, str]]  # (child run id, "completed" | "failed")
 
 
-def build_group(org_id: uuid.UUID, expect: str) -> GroupCase:
+def build_group(org_id: uuid.UUID, expect: str, seal_late: bool) -> GroupCase:
     parent_id = running_run(org_id, display_name=f"parent ({expect})")
     group = groups.create_group(parent_id, hook=hooks.COUNTING_HOOK)
     children = []
@@ -243,20 +260,32 @@ def build_group(org_id: uuid.UUID, expect: str) -> GroupCase:
         child = groups.add_child(group.id, "extraction", {"asset_id": str(uuid.uuid4())})
         fails = expect == "failed" or (expect == "partial" and i % 5 == 0)
         children.append((child.id, "failed" if fails else "completed"))
-    assert groups.seal(group.id) is False  # sealed, but nothing has ended yet
+    if not seal_late:
+        assert groups.seal(group.id) is False  # sealed, but nothing has ended yet
     for child_id, _ in children:
         attempt = service.mark_submitted(child_id, f"task-{child_id.hex[:8]}")
         assert service.start(child_id, attempt, "setup", 300)
-    return GroupCase(expect, group.id, parent_id, children)
+    return GroupCase(expect, seal_late, group.id, parent_id, children)
 
 
-def finish_groups_concurrently(backend, rounds: int) -> None:  # type: ignore[no-untyped-def]
+def finish_groups_concurrently(backend, rounds: int, seal_delay: float) -> None:  # type: ignore[no-untyped-def]
+    """Each round: a partial, a completed and a failed group sealed up front, and the same three sealed
+    by a fifth process ``0..seal_delay`` s after the four finishers start on them."""
     org = ensure_org("acme", "Acme")
-    cases = [build_group(org.id, expect) for _ in range(rounds) for expect in ("partial", "completed", "failed")]
+    cases = [
+        build_group(org.id, expect, seal_late)
+        for _ in range(rounds)
+        for seal_late in (False, True)
+        for expect in ("partial", "completed", "failed")
+    ]
     plans = [
         [[(str(rid), outcome) for rid, outcome in case.children[k::WORKERS]] for case in cases] for k in range(WORKERS)
     ]
-    out = run_processes(backend.env, [(f"finisher-{k}", "finish", plans[k]) for k in range(WORKERS)])
+    rng = random.Random(0)
+    seal_plan = [(str(c.group_id), rng.uniform(0, seal_delay)) if c.seal_late else (None, 0.0) for c in cases]
+    jobs = [(f"finisher-{k}", "finish", plans[k]) for k in range(WORKERS)] + [("sealer", "seal", seal_plan)]
+    out = run_processes(backend.env, jobs)
+    sealed_by_sealer = out.pop("sealer")
     assert all(all(results) for results in out.values()), "every child ends on its first call"
 
     finalizers = Counter()
@@ -287,16 +316,23 @@ def finish_groups_concurrently(backend, rounds: int) -> None:  # type: ignore[no
             str(case.group_id), case.expect, want["completed"], want["failed"]
         )
         finalizers[ctx["pid"]] += 1
-    assert os.getpid() not in finalizers, "the groups must be finalized by the finishing processes"
-    print(f"groups finalized per process: {dict(finalizers)}")
+
+        # sealing again after the end (a retried task) finalizes nothing and fires nothing
+        assert groups.seal(case.group_id) is False
+        assert len(log_events([case.parent_id], hooks.HOOK_EVENT)) == 1
+        assert_one_ending(case.parent_id, status_events([case.parent_id])[case.parent_id], parent_final)
+
+    assert os.getpid() not in finalizers, "the groups must be finalized by the other processes"
+    late = [r for r in sealed_by_sealer if r is not None]
+    print(f"groups finalized per process: {dict(finalizers)}; late seals that finalized: {sum(late)}/{len(late)}")
 
 
 @pytest.mark.postgres
 @pytest.mark.timeout(240)
 def test_group_finished_by_four_processes_ends_once_postgres(pg_backend):
-    finish_groups_concurrently(pg_backend, rounds=2)
+    finish_groups_concurrently(pg_backend, rounds=2, seal_delay=0.4)
 
 
 @pytest.mark.timeout(240)
 def test_group_finished_by_four_processes_ends_once_sqlite(sqlite_backend):
-    finish_groups_concurrently(sqlite_backend, rounds=1)
+    finish_groups_concurrently(sqlite_backend, rounds=1, seal_delay=0.4)
