@@ -81,17 +81,22 @@ class Backend:
     env: dict[str, str] = field(default_factory=dict)
 
     def apply(self) -> None:
-        from backend.config import reset_settings
-        from backend.db.engine import dispose_engines
-        from backend.queues.registry import reset_registry
-
         os.environ.update(self.env)
         if self.redis_url is None:
             os.environ.pop("CURATORE_REDIS_URL", None)
-        reset_settings()
-        reset_registry()
-        dispose_engines()
-        _reset_celery_app()
+        reset_process_state()
+
+
+def reset_process_state() -> None:
+    """Forget cached settings, registry, database pools and broker connections (after an env change)."""
+    from backend.config import reset_settings
+    from backend.db.engine import dispose_engines
+    from backend.queues.registry import reset_registry
+
+    reset_settings()
+    reset_registry()
+    dispose_engines()
+    _reset_celery_app()
 
 
 def _reset_celery_app() -> None:

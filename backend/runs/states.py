@@ -24,8 +24,8 @@ class RunStatus(str, enum.Enum):
     """Cancel requested, not yet acknowledged. The worker moves it to cancelled;
     a forced cancel or force-kill moves it to cancelled or failed."""
     STALE = "stale"
-    """No heartbeat for a while. Activity moves it back to running; the sweeper to
-    timed_out or (re-queue) pending."""
+    """No heartbeat for a while. Activity moves it back to running; a worker that was
+    alive after all to completed or failed; the sweeper to timed_out or (re-queue) pending."""
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
@@ -65,7 +65,7 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.SUBMITTED: frozenset({S.RUNNING, S.PENDING, S.CANCELLED, S.FAILED}),
     S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLING, S.STALE, S.PENDING}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED}),
-    S.STALE: frozenset({S.RUNNING, S.TIMED_OUT, S.FAILED, S.CANCELLING, S.CANCELLED, S.PENDING}),
+    S.STALE: frozenset({S.RUNNING, S.COMPLETED, S.TIMED_OUT, S.FAILED, S.CANCELLING, S.CANCELLED, S.PENDING}),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset(),
     S.TIMED_OUT: frozenset(),

@@ -1,0 +1,149 @@
+"""The app as the README runs it (the Reflex production build on one port, a real worker) and a real
+headless Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CI, ROOT, Backend, WorkerProcess, reset_process_state
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UIProcess:
+    """The Reflex app (`curatore dev`'s UI child), restartable."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        from backend.devserver import children, reflex_env
+
+        self.env = {**reflex_env(), **env}
+        self.port = port
+        self.argv = next(c.argv for c in children(port, port, ui=True) if c.name == "ui")
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 240) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the app did not answer within {timeout} s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        if CI:
+            pytest.fail("CI=true and Debian's chromium is not installed")
+        pytest.skip("Debian's chromium is not installed (./scripts/test installs it when run as root)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path) -> Iterator[Backend]:
+    """The embedded default, as `./scripts/dev` uses it, in a folder of its own."""
+    data_dir = tmp_path_factory.mktemp("app") / "data"
+    data_dir.mkdir()
+    shutil.copy(_sqlite_template, data_dir / "curatore.db")
+    backend = Backend("sqlite", f"sqlite:///{data_dir / 'curatore.db'}",
+                      f"curatore-sqla+sqlite:///{data_dir / 'broker.db'}", None, data_dir)
+    backend.env = {
+        "CURATORE_ENV": "test",
+        "CURATORE_DATA_DIR": str(data_dir),
+        "CURATORE_DATABASE_URL": backend.database_url,
+        "CURATORE_BROKER_URL": backend.broker_url,
+        "CURATORE_JOB_MODULES": '["tests.jobs_for_tests"]',
+        "CURATORE_HEARTBEAT_SECONDS": "1",
+        "CURATORE_PROGRESS_MIN_INTERVAL": "0.05",
+        "CURATORE_LIVE_POLL_SECONDS": "0.2",
+        "PYTHONPATH": str(ROOT),
+    }
+    saved = {k: os.environ.get(k) for k in [*backend.env, "CURATORE_REDIS_URL"]}
+    backend.apply()
+    yield backend
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reset_process_state()
+
+
+@pytest.fixture(scope="module")
+def app(app_backend: Backend, tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterator[UIProcess]:
+    logs = tmp_path_factory.mktemp("logs")
+    worker = WorkerProcess(app_backend, logs / "worker.log", concurrency=3)
+    ui = UIProcess(app_backend.env, free_port(), logs / "ui.log")
+    try:
+        worker.wait_ready()
+        ui.start()
+        yield ui
+    finally:
+        ui.stop()
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: str) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
