@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from backend.config import get_settings
-from backend.errors import CuratoreError
+from backend.errors import CuratoreError, DatabaseUnavailable
 from backend.runs.states import RunStatus
 
 
@@ -22,7 +22,8 @@ class CuratoreGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CuratoreError as exc:
-            click.secho(f"error: {exc.message}", fg="red", err=True)
+            one_line = " ".join(exc.message.split())  # a driver's message may span lines (psycopg's does)
+            click.secho(f"error: {one_line}", fg="red", err=True)
             sys.exit(2)
 
 
@@ -34,9 +35,16 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
+    from sqlalchemy.exc import OperationalError
+
     from backend.db.migrate import upgrade
 
-    upgrade()
+    try:
+        upgrade()
+    except OperationalError as exc:  # alembic connects outside backend.db.engine, which translates this elsewhere
+        if "connect" not in str(exc.orig).lower():
+            raise
+        raise DatabaseUnavailable(f"The database could not be reached: {exc.orig}") from None
     click.echo(f"database is up to date ({_safe_url(get_settings().database_url)})")
 
 

@@ -30,6 +30,7 @@ from backend.runs.states import EVENT_TYPES, TERMINAL, LogLevel, RunStatus, allo
 S = RunStatus
 MAX_RUNS = 4
 LEASE = 30.0
+EXAMPLES = {"sqlite": 150, "postgres": 80}  # about 20-30 s each
 LEASED = {S.RUNNING, S.CANCELLING, S.STALE}  # statuses in which a worker holds the run
 
 
@@ -286,9 +287,37 @@ def test_random_service_calls_follow_the_table(backend, org):
     run_state_machine_as_test(
         RunMachine,
         settings=settings(
-            max_examples=80,
+            max_examples=EXAMPLES[backend.kind],
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         ),
     )
+
+
+# --------------------------------------------------------------------------- two cases the machine found
+
+
+def _running(org_id: uuid.UUID) -> uuid.UUID:
+    run = service.create_run("extraction", {"asset_id": str(uuid.uuid4())}, organization_id=org_id)
+    assert service.start(run.id, service.mark_submitted(run.id, "task"), "worker-1", LEASE)
+    return run.id
+
+
+def test_a_stale_run_whose_worker_finishes_completes(backend, org):
+    """The worker's completion report ends a stale run as completed (it used to be refused, and the
+    worker's fallback then recorded the successful run as cancelled)."""
+    run_id = _running(org.id)
+    assert in_transaction(lambda s: service.transition(s, run_id, S.STALE, "no heartbeat")) is S.RUNNING
+    assert service.complete(run_id, {"ok": True})
+    assert not service.mark_cancelled(run_id, "Finished its work after the cancel request; kept as cancelled")
+    run = in_transaction(lambda s: s.get(Run, run_id))
+    assert RunStatus(run.status) is S.COMPLETED and run.results_summary == {"ok": True}
+
+
+def test_a_late_heartbeat_does_not_lease_an_ended_run(backend, org):
+    run_id = _running(org.id)
+    assert service.complete(run_id)
+    assert service.heartbeat(run_id, LEASE) is S.COMPLETED
+    run = in_transaction(lambda s: s.get(Run, run_id))
+    assert run.lease_expires_at is None
