@@ -51,13 +51,14 @@ def _sidebar() -> rx.Component:
     )
 
 
-def layout(title: str, *children: rx.Component) -> rx.Component:
+def layout(title: str, *children: rx.Component, actions: rx.Component | None = None) -> rx.Component:
     """Wrap a page's content in the shared shell, under a heading with ``title``."""
     return rx.hstack(
         _sidebar(),
         rx.box(
             rx.vstack(
-                *([rx.heading(title, size="7", as_="h1")] if title else []),
+                *([rx.hstack(rx.heading(title, size="7", as_="h1"), rx.spacer(), actions or rx.fragment(),
+                             align="center", width="100%")] if title else []),
                 *children,
                 spacing="4",
                 width="100%",

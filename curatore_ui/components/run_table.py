@@ -46,6 +46,7 @@ def run_table(
     selected: rx.Var[list[str]] | None = None,
     on_toggle: Callable[[rx.Var[str]], rx.EventSpec] | None = None,
     actions: Callable[[rx.Var[RunRow]], rx.Component] | None = None,
+    compact: bool = False,
 ) -> rx.Component:
     def row(r: rx.Var[RunRow]) -> rx.Component:
         cells = []
@@ -56,17 +57,18 @@ def run_table(
             rx.table.cell(_name_cell(r)),
             rx.table.cell(status_badge(r.status)),
             rx.table.cell(_progress_cell(r)),
-            rx.table.cell(rx.text(r.org_slug, size="1")),
-            rx.table.cell(rx.text(r.origin, size="1")),
-            rx.table.cell(rx.text(r.created_ago, size="1", title=r.created)),
-            rx.table.cell(rx.text(r.duration, size="1")),
         ]
+        if not compact:
+            cells += [rx.table.cell(rx.text(r.org_slug, size="1")), rx.table.cell(rx.text(r.origin, size="1")),
+                      rx.table.cell(rx.text(r.created_ago, size="1", title=r.created))]
+        cells.append(rx.table.cell(rx.text(r.duration, size="1")))
         if actions is not None:
             cells.append(rx.table.cell(actions(r)))
         return rx.table.row(*cells, data_testid="run-row", data_run_id=r.id, data_status=r.status,
                             align="center")
 
-    heads = (["" ] if selectable else []) + ["Job", "Status", "Progress", "Org", "Origin", "Created", "Duration"]
+    heads = ([""] if selectable else []) + ["Job", "Status", "Progress"]
+    heads += ([] if compact else ["Org", "Origin", "Created"]) + ["Duration"]
     if actions is not None:
         heads.append("")
     return rx.table.root(
@@ -79,4 +81,4 @@ def run_table(
 
 
 def child_table(rows: rx.Var[list[RunRow]]) -> rx.Component:
-    return run_table(rows)
+    return run_table(rows, compact=True)

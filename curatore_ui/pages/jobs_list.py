@@ -125,9 +125,12 @@ def page() -> rx.Component:
             run_table(S.rows, selectable=True, selected=S.selected, on_toggle=S.toggle, actions=_row_actions),
             rx.card(rx.vstack(rx.icon("inbox", size=28, color="var(--gray-8)"),
                               rx.text("No jobs match.", color_scheme="gray"),
-                              rx.text("Submit one: curatore submit extraction --config '{\"path\": \"README.md\"}'",
+                              rx.button(rx.icon("play", size=14), "Start sample jobs", on_click=S.start_samples),
+                              rx.text("or submit one: curatore submit extraction --config '{\"path\": \"README.md\"}'",
                                       size="1", color_scheme="gray", font_family="var(--code-font-family)"),
                               align="center", padding="2rem"), width="100%"),
         ),
         _pager(),
+        actions=rx.button(rx.icon("play", size=14), "Start sample jobs", variant="soft", size="2",
+                          on_click=S.start_samples, data_testid="start-samples"),
     )

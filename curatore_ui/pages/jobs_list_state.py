@@ -184,9 +184,22 @@ class JobsListState(rx.State):
         done, _ = await asyncio.to_thread(_each, [run_id], lambda rid: service.request_cancel(rid, "admin"))
         self.notice = "Cancel requested" if done else "That run could not be cancelled"
 
+    @rx.event
+    async def start_samples(self) -> None:
+        runs = await asyncio.to_thread(_start_samples, self.org_slug)
+        self.notice = f"Started {len(runs)} sample jobs on the bundled sample files"
+
     @rx.var
     def page_number(self) -> int:
         return len(self.prev_cursors) + 1
+
+
+def _start_samples(org_slug: str) -> list[Any]:
+    from backend.auth.orgs import ensure_org
+    from backend.config import get_settings
+    from backend.samples import start_samples
+
+    return start_samples(ensure_org(org_slug or get_settings().default_org_slug).id)
 
 
 def _each(ids: list[str], action: Any) -> tuple[int, int]:

@@ -1,0 +1,86 @@
+"""Make docs/screenshots/*.png: the app on a fresh embedded database with sample jobs, in headless Chromium.
+
+    .venv/bin/python scripts/screenshots.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.processes import ROOT, UIProcess, free_port  # noqa: E402
+
+OUT = ROOT / "docs" / "screenshots"
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "backend.cli", *args], cwd=ROOT, env={**os.environ, **env},
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="screens-"))
+    gate = data_dir / "gate"
+    gate.mkdir()
+    env = {"CURATORE_DATA_DIR": str(data_dir), "CURATORE_JOB_MODULES": '["tests.jobs_for_tests"]',
+           "PYTHONPATH": str(ROOT)}
+    os.environ.pop("CURATORE_REDIS_URL", None)
+    cli(env, "migrate")
+    worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "-c", "2", "-l", "warning"], cwd=ROOT,
+                              env={**os.environ, **env}, start_new_session=True)
+    ui = UIProcess(env, free_port(), data_dir / "ui.log")
+    try:
+        ui.start()
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(f"{ui.url}/system/jobs")
+            page.click("[data-testid=start-samples]")
+            cli(env, "submit", "test_steps", "--config", json.dumps({"steps": 1, "fail_at": 1}), "--name",
+                "Nightly reconciliation")
+            running = cli(env, "submit", "test_steps", "--config", json.dumps({"steps": 10, "gate_dir": str(gate)}),
+                          "--name", "Re-index collection")
+            for n in range(1, 7):
+                (gate / str(n)).touch()
+            page.wait_for_selector("[data-testid=run-row][data-status=completed]")
+            time.sleep(3)
+            page.screenshot(path=str(OUT / "jobs.png"), full_page=True)
+            upload = json.loads(cli(env, "runs", "list", "--type", "upload", "--json"))[0]["id"]
+            page.goto(f"{ui.url}/system/jobs/{upload}")
+            page.wait_for_selector("[data-testid=status-badge][data-status=completed]")
+            page.screenshot(path=str(OUT / "detail.png"), full_page=True)
+            page.goto(f"{ui.url}/system/jobs/{running}")
+            page.wait_for_selector("[data-testid=progress-counter]")
+            time.sleep(1)
+            page.screenshot(path=str(OUT / "detail-running.png"), full_page=True)
+            page.goto(f"{ui.url}/system/queues")
+            page.wait_for_selector("[data-testid=worker-row]")
+            time.sleep(1)
+            page.screenshot(path=str(OUT / "queues.png"), full_page=True)
+            browser.close()
+        for n in range(7, 11):
+            (gate / str(n)).touch()
+    finally:
+        ui.stop()
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    print("\n".join(str(p.relative_to(ROOT)) for p in sorted(OUT.glob("*.png"))))
+
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    main()
