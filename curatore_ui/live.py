@@ -73,7 +73,11 @@ class Bridge:
         self.delivered = 0
 
     # ------------------------------------------------------------------ registry
-    def watch(self, token: str, watch: Watch) -> None:
+    def watch(self, token: str, watch: Watch, *, page: bool = True) -> None:
+        """Register ``watch`` for a client. A page's watch replaces the client's other watches (it left those
+        pages); ``page=False`` adds one beside them (a panel on the page)."""
+        if page:
+            self.watches.pop(token, None)
         self.watches.setdefault(token, {})[watch.state] = watch
         self._catch_ups.append((token, watch))
         self.wake()

@@ -28,13 +28,15 @@ def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, An
     """Record a change of ``run_id``; the payload also names the run's type, parent and resource,
     so listeners can route it without reading the run."""
     row = session.execute(
-        select(Run.organization_id, Run.run_type, Run.parent_run_id, Run.resource_type, Run.resource_id).where(
+        select(Run.organization_id, Run.run_type, Run.display_name, Run.parent_run_id, Run.resource_type,
+               Run.resource_id).where(
             Run.id == run_id
         )
     ).one()
     payload = payload | {
         "run": {
             "run_type": row.run_type,
+            "display_name": row.display_name,
             "parent_run_id": str(row.parent_run_id) if row.parent_run_id else None,
             "resource_type": row.resource_type,
             "resource_id": row.resource_id,

@@ -15,6 +15,7 @@ from backend.queues.registry import get_registry
 from backend.runs import listing, queries, service
 from backend.runs.states import RunStatus
 from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.toasts import end_toast
 from curatore_ui.state.views import (
     LinkItem, LogLine, RunRow, counter_text, duration, log_line, pretty_json, route_params, run_href, run_row, ts,
 )
@@ -169,19 +170,13 @@ class JobDetailState(rx.State):
     def _toasts(self, events: list[dict[str, Any]]) -> list[Any]:
         out = []
         for event in events:
-            status = event["payload"].get("status")
-            if event["kind"] != "status" or status not in ("completed", "failed", "timed_out"):
+            if event["kind"] != "status" or event["run_id"] in self.toasted:
                 continue
-            if event["run_id"] in self.toasted:
-                continue
-            self.toasted.append(event["run_id"])
-            job_type = get_registry().find(self.run.run_type)
-            if status == "completed":
-                text = job_type.toast("completed", name=self.run.name) if job_type else "Job completed"
-                out.append(rx.toast.success(text, id=f"run-{event['run_id']}"))
-            else:
-                text = job_type.toast("failed", name=self.run.name, error=self.error_message) if job_type else "Job failed"
-                out.append(rx.toast.error(text, id=f"run-{event['run_id']}"))
+            toast = end_toast(event["run_id"], self.run.run_type, event["payload"]["status"], self.error_message,
+                              name=self.run.name)
+            if toast is not None:
+                self.toasted.append(event["run_id"])
+                out.append(toast)
         return out
 
     @rx.event

@@ -98,9 +98,13 @@ def _bulk_bar() -> rx.Component:
 
 
 def _row_actions(row: rx.Var[RunRow]) -> rx.Component:
-    return rx.cond(row.can_cancel, rx.icon_button(rx.icon("circle-stop", size=14), size="1", variant="ghost",
-                                                  color_scheme="red", title="Cancel",
-                                                  on_click=S.cancel_one(row.id)))
+    return rx.hstack(
+        rx.cond(row.can_cancel, rx.icon_button(rx.icon("circle-stop", size=14), size="1", variant="ghost",
+                                               color_scheme="red", title="Cancel", on_click=S.cancel_one(row.id))),
+        rx.cond(row.can_retry, rx.icon_button(rx.icon("rotate-ccw", size=14), size="1", variant="ghost",
+                                              title="Retry", on_click=S.retry_one(row.id))),
+        spacing="1",
+    )
 
 
 def _pager() -> rx.Component:

@@ -17,6 +17,7 @@ from backend.queues.registry import get_registry
 from backend.runs import listing, service
 from backend.runs.states import RunOrigin, RunStatus
 from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.toasts import end_toast
 from curatore_ui.state.views import RunRow, counter_text, route_params, run_row
 
 PAGE_SIZE = 25
@@ -90,6 +91,8 @@ class JobsListState(rx.State):
     prev_cursors: list[str] = []
     next_cursor: str = ""
     selected: list[str] = []
+    started: list[str] = []  # runs this client started here (retries, samples): toasted when they end
+    toasted: list[str] = []
     notice: str = ""
     error: str = ""
 
@@ -116,9 +119,10 @@ class JobsListState(rx.State):
             bridge.watch(self.router.session.client_token, scope)
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
+        toasts = self._toasts(events)
         if any(e["kind"] in ("created", "status") for e in events):
             await self._refresh()
-            return None
+            return toasts
         by_id = {row.id: i for i, row in enumerate(self.rows)}
         for event in events:
             if event["kind"] == "progress" and event["run_id"] in by_id:
@@ -131,7 +135,19 @@ class JobsListState(rx.State):
                     phase=progress.get("phase") or "",
                     counter=counter_text(progress),
                 )
-        return None
+        return toasts
+
+    def _toasts(self, events: list[dict[str, Any]]) -> list[Any]:
+        out = []
+        for event in events:
+            if event["kind"] == "status" and event["run_id"] in self.started and event["run_id"] not in self.toasted:
+                run = event["payload"]["run"]
+                toast = end_toast(event["run_id"], run["run_type"], event["payload"]["status"],
+                                  event["payload"].get("event", {}).get("message", ""), name=run.get("display_name"))
+                if toast is not None:
+                    self.toasted.append(event["run_id"])
+                    out.append(toast)
+        return out
 
     # ------------------------------------------------------------------ filters and paging
     @rx.event
@@ -174,7 +190,8 @@ class JobsListState(rx.State):
 
     @rx.event
     async def bulk_retry(self) -> None:
-        done, errors = await asyncio.to_thread(_each, self.selected, lambda rid: retry_run(rid, created_by="admin"))
+        done, errors = await asyncio.to_thread(
+            _each, self.selected, lambda rid: self.started.append(str(retry_run(rid, created_by="admin").id)))
         self.notice = f"Retried {done} run(s)" + (f"; {errors} could not be retried" if errors else "")
         self.selected = []
         await self._refresh()
@@ -185,8 +202,15 @@ class JobsListState(rx.State):
         self.notice = "Cancel requested" if done else "That run could not be cancelled"
 
     @rx.event
+    async def retry_one(self, run_id: str) -> None:
+        done, _ = await asyncio.to_thread(
+            _each, [run_id], lambda rid: self.started.append(str(retry_run(rid, created_by="admin").id)))
+        self.notice = "Retry started" if done else "That run could not be retried"
+
+    @rx.event
     async def start_samples(self) -> None:
         runs = await asyncio.to_thread(_start_samples, self.org_slug)
+        self.started.extend(str(r.id) for r in runs)
         self.notice = f"Started {len(runs)} sample jobs on the bundled sample files"
 
     @rx.var

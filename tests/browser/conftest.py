@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CI, Backend, WorkerProcess, reset_process_state
-from tests.processes import UIProcess, free_port
+from tests.processes import ROOT, UIProcess, free_port
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync", "--disable-quic"]

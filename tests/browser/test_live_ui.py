@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import ROOT
 
@@ -104,3 +105,34 @@ def test_backend_restart_mid_run_misses_nothing(app, app_backend, page, tmp_path
     messages = page.locator("[data-testid=log-message]").all_inner_texts()
     assert [m for m in messages if m.startswith("Step ")] == [f"Step {n} of 4 done" for n in range(1, 5)]
     assert messages.count("Completed") == 1
+
+
+def test_selection_survives_live_updates_and_bulk_cancel(app, app_backend, page, tmp_path):  # type: ignore[no-untyped-def]
+    gates = [tmp_path / "a", tmp_path / "b"]
+    ids = []
+    for gate in gates:
+        gate.mkdir()
+        ids.append(submit(app_backend, "test_steps", {"steps": 3, "gate_dir": str(gate)}, f"bulk-{gate.name}"))
+    page.goto(f"{app.url}/system/jobs")
+    for run_id in ids:
+        page.wait_for_selector(f'[data-testid=run-row][data-run-id="{run_id}"][data-status=running]')
+        row(page, run_id).locator("[data-testid=row-select]").click()
+    expect(page.locator("[data-testid=selected-count]")).to_have_text("2 selected")
+    release(gates[0], 1)  # a live update rewrites the rows
+    page.wait_for_function(
+        "id => document.querySelector(`[data-run-id='${id}']`).innerText.includes('1 / 3')", arg=ids[0])
+    expect(page.locator("[data-testid=selected-count]")).to_have_text("2 selected")
+    page.click("[data-testid=bulk-cancel]")
+    for run_id in ids:
+        page.wait_for_selector(f'[data-testid=run-row][data-run-id="{run_id}"][data-status=cancelled]')
+
+
+def test_sample_jobs_start_and_toast_when_done(app, page):  # type: ignore[no-untyped-def]
+    page.goto(f"{app.url}/system/jobs")
+    page.wait_for_selector("[data-testid=type-tab]")
+    page.click("[data-testid=start-samples]")
+    page.wait_for_selector("[data-sonner-toast]:has-text('Upload of Sample upload batch finished')",
+                           state="attached", timeout=60_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=run-row]')].filter("
+        "r => r.innerText.includes('Sample upload batch')).length === 1")

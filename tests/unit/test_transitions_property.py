@@ -282,6 +282,7 @@ class RunMachine(RuleBasedStateMachine):
                 assert run.submitted_at is not None and run.celery_task_id
 
 
+@pytest.mark.timeout(300)  # room for Hypothesis to shrink a failure
 def test_random_service_calls_follow_the_table(backend, org):
     RunMachine.organization_id = org.id
     run_state_machine_as_test(
