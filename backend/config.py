@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = ""
     redis_url: str | None = None
+    # Prefix of every broker key in Redis, so several deployments (or test runs) can share one Redis.
+    broker_key_prefix: str = ""
     secret_key: str = DEV_SECRET
 
     # Extra modules imported by workers, the API and the UI: they may register job types.

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("CURATORE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CURATORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-TEMPLATE_DB = "curatore_test_template"
+TEMPLATE_DB = f"curatore_test_template_{os.getpid()}"  # one per test run: parallel runs do not collide
 
 
 def _pg_reachable() -> str | None:
@@ -127,7 +127,7 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _pg_template() -> str:
+def _pg_template() -> Iterator[str]:
     require(_pg_reachable())
     from backend.db.migrate import upgrade
 
@@ -138,7 +138,8 @@ def _pg_template() -> str:
     from backend.db.engine import dispose_engines
 
     dispose_engines()
-    return TEMPLATE_DB
+    yield TEMPLATE_DB
+    _pg_admin(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
 
 
 def _make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
@@ -158,9 +159,6 @@ def _make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
     else:
         template = request.getfixturevalue("_pg_template")
         require(_redis_reachable())
-        import redis
-
-        redis.Redis.from_url(REDIS_URL).flushdb()
         dbname = f"curatore_t_{uuid.uuid4().hex[:12]}"
         _pg_admin(f'CREATE DATABASE "{dbname}" TEMPLATE "{template}"')
         backend = Backend(
@@ -180,6 +178,7 @@ def _make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
     }
     if backend.redis_url:
         backend.env["CURATORE_REDIS_URL"] = backend.redis_url
+        backend.env["CURATORE_BROKER_KEY_PREFIX"] = f"{dbname}:"
     saved = {k: os.environ.get(k) for k in [*backend.env, "CURATORE_REDIS_URL"]}
     backend.apply()
     try:

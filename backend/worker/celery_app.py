@@ -44,6 +44,10 @@ def configure(app: Celery) -> Celery:
     )
     if settings.broker_url.startswith(f"{broker.ALIAS}+"):
         app.conf.broker_transport_options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    elif settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport_options = (
+            {"global_keyprefix": settings.broker_key_prefix} if settings.broker_key_prefix else {}
+        )
     for job_type in registry.types.values():
         ensure_task(app, job_type)
     return app
