@@ -39,6 +39,9 @@ class Asset(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     storage_key: str = Field(max_length=500)
     source: str | None = Field(default=None, max_length=1000)
+    collection_id: str | None = Field(default=None, max_length=200, index=True)  # e.g. a scrape's collection
+    external_id: str | None = Field(default=None, max_length=500)  # e.g. a SharePoint item id
+    deleted_at: datetime | None = _ts()
     extracted_text: str | None = Field(default=None, sa_column=Column(Text))
     extraction_status: str = Field(default="none", max_length=16)
     extraction_meta: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
@@ -170,3 +173,59 @@ class WorkerHeartbeat(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
     last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
     active_runs: int = 0
+
+
+class ExternalRecord(SQLModel, table=True):
+    """A record brought in by a connector or import: a SAM.gov opportunity, a forecast, a Salesforce row."""
+
+    __tablename__ = "external_records"
+    __table_args__ = (
+        Index("uq_external_records_key", "organization_id", "source", "kind", "external_id", unique=True),
+        Index("ix_external_records_resource", "organization_id", "source", "resource_id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    source: str = Field(max_length=40)  # sam, forecast, salesforce, ...
+    kind: str = Field(max_length=60)  # opportunity, forecast, Account, Contact, ...
+    external_id: str = Field(max_length=300)
+    resource_id: str | None = Field(default=None, max_length=200)  # the search / sync / import it came from
+    title: str = Field(default="", max_length=1000)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    asset_ids: list[str] = Field(default_factory=list, sa_type=JSONType)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    deleted_at: datetime | None = _ts()
+
+
+class ConnectorState(SQLModel, table=True):
+    """What a connector remembers between runs (a delta link, the items it knows)."""
+
+    __tablename__ = "connector_states"
+    __table_args__ = (Index("uq_connector_states_key", "organization_id", "connector", "resource_id", unique=True),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    connector: str = Field(max_length=40)
+    resource_id: str = Field(max_length=200)
+    state: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+class ScheduledTask(SQLModel, table=True):
+    """A run the scheduler starts on an interval (maintenance, sync triggers)."""
+
+    __tablename__ = "scheduled_tasks"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=100, unique=True, index=True)
+    description: str = Field(default="", max_length=500)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    run_type: str = Field(max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    interval_seconds: int = Field(default=3600, ge=1)
+    enabled: bool = True
+    last_run_id: uuid.UUID | None = None
+    last_run_at: datetime | None = _ts()
+    next_run_at: datetime | None = _ts()
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
