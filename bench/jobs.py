@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from backend.queues.configs import JobConfig
-from backend.queues.registry import JobType, get_registry, register
+from backend.queues.registry import JobType
 
 
 class ProgressBenchConfig(JobConfig):
@@ -29,6 +29,7 @@ def run_progress_bench(ctx: Any, config: ProgressBenchConfig) -> dict[str, Any]:
     return {"sent": sent}
 
 
-if "bench_progress" not in get_registry().types:
-    register(JobType("bench_progress", "Progress benchmark", "gauge", "gray", "default", 600, ("measuring",),
-                     ProgressBenchConfig, run_progress_bench))
+JOB_TYPES = [
+    JobType("bench_progress", "Progress benchmark", "gauge", "gray", "default", 600, ("measuring",),
+            ProgressBenchConfig, run_progress_bench),
+]

@@ -4,7 +4,7 @@ import reflex as rx
 
 from curatore_ui.api_mount import api
 from curatore_ui.live import bridge
-from curatore_ui.pages import home, job_detail, jobs_list, queues
+from curatore_ui.pages import asset, home, job_detail, jobs_list, queues, sync_config
 from curatore_ui.pages.job_detail_state import JobDetailState
 from curatore_ui.pages.jobs_list_state import JobsListState
 
@@ -17,3 +17,6 @@ for route in ("/system/jobs", "/orgs/[slug]/jobs"):
 for route in ("/system/jobs/[run_id]", "/orgs/[slug]/jobs/[run_id]"):
     app.add_page(job_detail.page, route=route, title="Job · Curatore", on_load=JobDetailState.load)
 app.add_page(queues.page, route="/system/queues", title="Queues · Curatore", on_load=queues.QueuesState.load)
+app.add_page(asset.page, route="/orgs/[slug]/assets/[asset_id]", title="Asset · Curatore", on_load=asset.AssetState.load)
+app.add_page(sync_config.page, route="/orgs/[slug]/syncs/[sync_config_id]", title="SharePoint sync · Curatore",
+             on_load=sync_config.SyncConfigState.load)

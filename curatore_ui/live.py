@@ -39,8 +39,9 @@ class Watch:
     parent_run_id: str | None = None  # events of this run's children
     organization_id: str | None = None  # a list scope
     all_organizations: bool = False  # a system-wide list scope
-    resource: tuple[str, str] | None = None  # (resource_type, resource_id)
+    resources: tuple[tuple[str, str], ...] = ()  # (resource_type, resource_id) pairs
     since_seq: int = 0
+    page: bool = True  # a page's watch; False for a panel's, which lives beside the page's
 
     def matches(self, event: dict[str, Any]) -> bool:
         run = event["payload"].get("run", {})
@@ -50,7 +51,7 @@ class Watch:
             return True
         if self.all_organizations or (self.organization_id and event["organization_id"] == self.organization_id):
             return True
-        if self.resource and (run.get("resource_type"), run.get("resource_id")) == self.resource:
+        if self.resources and (run.get("resource_type"), run.get("resource_id")) in self.resources:
             return True
         return False
 
@@ -73,12 +74,15 @@ class Bridge:
         self.delivered = 0
 
     # ------------------------------------------------------------------ registry
-    def watch(self, token: str, watch: Watch, *, page: bool = True) -> None:
-        """Register ``watch`` for a client. A page's watch replaces the client's other watches (it left those
-        pages); ``page=False`` adds one beside them (a panel on the page)."""
-        if page:
-            self.watches.pop(token, None)
-        self.watches.setdefault(token, {})[watch.state] = watch
+    def watch(self, token: str, watch: Watch) -> None:
+        """Register ``watch`` for a client. A page's watch replaces the client's previous page watch (it left
+        that page); a panel's watch (``page=False``) lives beside it."""
+        mine = self.watches.setdefault(token, {})
+        if watch.page:
+            for state, old in list(mine.items()):
+                if old.page:
+                    del mine[state]
+        mine[watch.state] = watch
         self._catch_ups.append((token, watch))
         self.wake()
 

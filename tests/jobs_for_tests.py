@@ -2,7 +2,7 @@
 
 Each step waits for the file ``<gate_dir>/<n>`` to exist (a signal the test
 sends), then reports progress and a log line. Workers load this module through
-``CURATORE_JOB_MODULES=tests.jobs_for_tests``.
+``CURATORE_JOB_MODULES='["tests.jobs_for_tests"]'``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from backend.queues.configs import JobConfig
-from backend.queues.registry import JobType, get_registry, register
+from backend.queues.registry import JobType
 
 
 class GatedStepsConfig(JobConfig):
@@ -42,8 +42,7 @@ def run_gated_steps(ctx: Any, config: GatedStepsConfig) -> dict[str, Any]:
     return {"steps": config.steps, "digest": digest.hexdigest()[:16]}
 
 
-if "test_steps" not in get_registry().types:
-    register(JobType(
-        "test_steps", "Test Steps", "flask-conical", "pink", "default", 120, ("first_half", "second_half"),
-        GatedStepsConfig, run_gated_steps, description="Steps released by a test",
-    ))
+JOB_TYPES = [
+    JobType("test_steps", "Test Steps", "flask-conical", "pink", "default", 120, ("first_half", "second_half"),
+            GatedStepsConfig, run_gated_steps, description="Steps released by a test"),
+]

@@ -45,8 +45,10 @@ def check_address(url: str) -> None:
         raise FetchFailed(f"Cannot resolve {parts.hostname}: {exc}") from None
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
-                or address.is_multicast or address.is_unspecified):
+        # not is_global also covers shared address space (100.64.0.0/10, where some clouds keep their
+        # metadata service) and the documentation ranges, which is_private does not.
+        if (not address.is_global or address.is_private or address.is_loopback or address.is_link_local
+                or address.is_reserved or address.is_multicast or address.is_unspecified):
             raise FetchRefused(
                 f"Refusing to fetch {url}: {parts.hostname} is an internal address ({address}). "
                 "Set CURATORE_ALLOW_PRIVATE_FETCH=true to allow it."
@@ -103,7 +105,8 @@ class HttpClient:
                 self._wait(f"HTTP {response.status_code}", attempt, wait)
                 continue
             if response.is_error:
-                raise FetchFailed(f"{method} {full} answered HTTP {response.status_code}: {response.text[:200]}")
+                raise FetchFailed(f"{method} {full} answered HTTP {response.status_code}: {response.text[:200]}",
+                                  status=response.status_code, url=full, body=response.text[:2000])
             return response
         raise AssertionError("unreachable")
 

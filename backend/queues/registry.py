@@ -341,11 +341,14 @@ def _build(registry: Registry) -> None:
         registry.apply_overrides(json.loads(settings.registry_overrides.read_text()))
     for module in settings.job_modules:
         try:
-            importlib.import_module(module)  # such a module calls register(...)
+            imported = importlib.import_module(module)
         except ImportError as exc:
             raise CuratoreError(f"CURATORE_JOB_MODULES names {module!r}, which cannot be imported: {exc}") from exc
+        for job_type in getattr(imported, "JOB_TYPES", ()):  # the module lists its types (read on every build)
+            registry.register(job_type)
 
 
 def register(job_type: JobType) -> JobType:
-    """Add a job type (from a plugin module listed in ``CURATORE_JOB_MODULES``, or a test)."""
+    """Add a job type at run time. A module listed in ``CURATORE_JOB_MODULES`` should instead define
+    ``JOB_TYPES = [JobType(...), ...]``, which every process reads when it builds its registry."""
     return get_registry().register(job_type)

@@ -227,3 +227,26 @@ def status_cards(organization_id: uuid.UUID | None, session: Session | None = No
         }
 
     return in_transaction(read, session)
+
+
+def active_for_resource(
+    resource_type: str,
+    resource_id: str,
+    run_type: str | None = None,
+    organization_id: uuid.UUID | None = None,
+    session: Session | None = None,
+) -> tuple[list[Run], dict[uuid.UUID, dict[str, int]]]:
+    """Active runs working on one resource (oldest first), with child counts for group parents."""
+    stmt = select(Run).where(Run.resource_type == resource_type, Run.resource_id == resource_id,
+                             Run.status.in_([s for s in RunStatus if s.is_active]))
+    if run_type:
+        stmt = stmt.where(Run.run_type.in_(_types_with_aliases((run_type,))))
+    if organization_id:
+        stmt = stmt.where(Run.organization_id == organization_id)
+    stmt = stmt.order_by(Run.created_at, Run.id).limit(20)
+
+    def read(s: Session) -> tuple[list[Run], dict[uuid.UUID, dict[str, int]]]:
+        runs = list(s.execute(stmt).scalars().all())
+        return runs, child_counts([r.id for r in runs if r.is_group_parent], s)
+
+    return in_transaction(read, session)

@@ -193,7 +193,8 @@ def log_line(event: RunLogEvent | dict[str, Any]) -> LogLine:
 
 
 def route_params(path: str) -> dict[str, str]:
-    """``slug`` and ``run_id`` (when present) from a jobs page's URL path."""
+    """``slug``, ``section`` and ``id`` (and ``run_id`` on job pages) from a page's URL path:
+    ``/orgs/<slug>/<section>/<id>`` or ``/system/<section>/<id>``."""
     parts = [p for p in path.split("?")[0].split("/") if p]
     params: dict[str, str] = {}
     if len(parts) >= 2 and parts[0] == "orgs":
@@ -201,6 +202,10 @@ def route_params(path: str) -> dict[str, str]:
         parts = parts[2:]
     elif parts and parts[0] == "system":
         parts = parts[1:]
-    if len(parts) >= 2 and parts[0] == "jobs":
-        params["run_id"] = parts[1]
+    if parts:
+        params["section"] = parts[0]
+    if len(parts) >= 2:
+        params["id"] = parts[1]
+        if parts[0] == "jobs":
+            params["run_id"] = parts[1]
     return params

@@ -17,7 +17,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run", "--disable-sync", "--disable-quic"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chromium_path() -> str:
     path = shutil.which("chromium")
     if path is None:
@@ -27,7 +27,7 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path) -> Iterator[Backend]:
     """The embedded default, as `./scripts/dev` uses it, in a folder of its own."""
     data_dir = tmp_path_factory.mktemp("app") / "data"
@@ -40,7 +40,7 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
         "CURATORE_DATA_DIR": str(data_dir),
         "CURATORE_DATABASE_URL": backend.database_url,
         "CURATORE_BROKER_URL": backend.broker_url,
-        "CURATORE_JOB_MODULES": '["tests.jobs_for_tests"]',
+        "CURATORE_JOB_MODULES": '["tests.jobs_for_tests", "tests.browser.test_panels"]',
         "CURATORE_HEARTBEAT_SECONDS": "1",
         "CURATORE_PROGRESS_MIN_INTERVAL": "0.05",
         "CURATORE_LIVE_POLL_SECONDS": "0.2",
@@ -57,7 +57,7 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
     reset_process_state()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app(app_backend: Backend, tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterator[UIProcess]:
     logs = tmp_path_factory.mktemp("logs")
     worker = WorkerProcess(app_backend, logs / "worker.log", concurrency=3)
@@ -71,7 +71,7 @@ def app(app_backend: Backend, tmp_path_factory: pytest.TempPathFactory, chromium
         worker.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(chromium_path: str) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 

@@ -7,6 +7,7 @@ from typing import Any
 from backend.errors import UnsupportedFile
 from backend.extract.formats import extract
 from backend.queues.configs import ExtractionConfig
+from backend.search import index_asset
 from backend.storage import assets
 from backend.worker.base import JobContext
 
@@ -25,6 +26,7 @@ def run(ctx: JobContext, config: ExtractionConfig) -> dict[str, Any]:
              format=result.format, **result.meta)
     ctx.progress(1, 2, phase="indexing", item=asset.filename)
     assets.save_extraction(asset.id, result.text, {"format": result.format, **result.meta}, "completed")
+    index_asset(None, asset.id, asset.organization_id, asset.filename, result.text)
     ctx.progress(2, 2, item=asset.filename)
     return {
         "asset_id": str(asset.id),

@@ -1,0 +1,119 @@
+"""An asset's page, `/orgs/[slug]/assets/[asset_id]`: its extraction progress (a panel) and its text."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import reflex as rx
+
+from backend.auth.orgs import get_org
+from backend.db.engine import in_transaction
+from backend.db.models import Asset
+from backend.errors import CuratoreError
+from backend.queues.dispatch import submit_run
+from curatore_ui.components.job_progress_panel import is_resource_busy, job_progress_panel
+from curatore_ui.components.layout import layout
+from curatore_ui.state.views import LinkItem, route_params, ts
+
+TEXT_PREVIEW = 20_000
+
+
+def _read(slug: str, asset_id: str) -> dict[str, Any]:
+    org = get_org(slug)
+    try:
+        aid = uuid.UUID(asset_id)
+    except ValueError:
+        raise CuratoreError(f"{asset_id!r} is not an asset id.") from None
+    asset = in_transaction(lambda s: s.get(Asset, aid))
+    if asset is None or asset.organization_id != org.id:
+        raise CuratoreError(f"No asset {asset_id} in {slug}.")
+    text = asset.extracted_text or ""
+    facts = [("File", asset.filename), ("Size", f"{asset.size_bytes:,} bytes"), ("Type", asset.content_type or ""),
+             ("SHA-256", asset.sha256[:16] + "…"), ("Stored", ts(asset.created_at)),
+             ("Extraction", asset.extraction_status), ("Source", asset.source or "")]
+    return {"facts": [LinkItem(label=k, name=str(v)) for k, v in facts if v], "text": text[:TEXT_PREVIEW],
+            "truncated": len(text) > TEXT_PREVIEW, "status": asset.extraction_status, "org_id": org.id,
+            "filename": asset.filename, "collection_id": asset.collection_id or ""}
+
+
+class AssetState(rx.State):
+    slug: str = ""
+    asset_id: str = ""
+    filename: str = ""
+    collection_id: str = ""
+    facts: list[LinkItem] = []
+    text: str = ""
+    truncated: bool = False
+    extraction_status: str = ""
+    error: str = ""
+    completions: int = 0
+
+    @rx.event
+    async def load(self) -> None:
+        params = route_params(self.router.url.path)
+        self.slug, self.asset_id = params.get("slug", ""), params.get("id", "")
+        await self._refresh()
+
+    async def _refresh(self) -> None:
+        try:
+            data = await asyncio.to_thread(_read, self.slug, self.asset_id)
+        except CuratoreError as exc:
+            self.error = exc.message
+            return
+        self.error = ""
+        self.facts, self.text, self.truncated = data["facts"], data["text"], data["truncated"]
+        self.extraction_status, self.filename = data["status"], data["filename"]
+        self.collection_id = data["collection_id"]
+
+    @rx.event
+    async def extract(self) -> None:
+        def start() -> None:
+            org = get_org(self.slug)
+            submit_run("extraction", {"asset_id": self.asset_id}, organization_id=org.id,
+                       created_by="admin", display_name=self.filename)
+
+        try:
+            await asyncio.to_thread(start)
+        except CuratoreError as exc:
+            self.error = exc.message
+
+    @rx.event
+    async def extraction_done(self) -> None:
+        """The panel's on_complete: the last extraction of this asset ended."""
+        self.completions += 1
+        await self._refresh()
+
+
+def page() -> rx.Component:
+    busy = is_resource_busy("asset", AssetState.asset_id)
+    return layout(
+        "Asset",
+        rx.cond(AssetState.error != "", rx.callout(AssetState.error, color_scheme="red", icon="triangle-alert")),
+        rx.hstack(
+            rx.heading(AssetState.filename, size="5"),
+            rx.badge(AssetState.extraction_status, data_testid="extraction-status"),
+            rx.spacer(),
+            rx.button(rx.icon("file-text", size=14), "Extract text", on_click=AssetState.extract,
+                      disabled=busy, data_testid="extract-button"),
+            align="center", width="100%",
+        ),
+        job_progress_panel("asset", AssetState.asset_id, on_complete=AssetState.extraction_done),
+        rx.cond(AssetState.collection_id != "", rx.vstack(
+            rx.text("Collection ", rx.code(AssetState.collection_id), size="2", color_scheme="gray"),
+            job_progress_panel("collection", AssetState.collection_id, variant="compact"), width="100%")),
+        rx.grid(
+            rx.card(rx.heading("Extracted text", size="3"),
+                    rx.cond(AssetState.text != "",
+                            rx.el.pre(AssetState.text, white_space="pre-wrap", font_size="13px", max_height="40rem",
+                                      overflow="auto", data_testid="extracted-text"),
+                            rx.text("No text yet.", color_scheme="gray", size="2")),
+                    rx.cond(AssetState.truncated, rx.text("(truncated)", size="1", color_scheme="gray"))),
+            rx.card(rx.heading("File", size="3"), rx.data_list.root(rx.foreach(AssetState.facts, lambda f:
+                    rx.data_list.item(rx.data_list.label(f.label), rx.data_list.value(f.name))), size="1")),
+            columns="2", grid_template_columns="2fr 1fr", spacing="4", width="100%",
+        ),
+        rx.text("Panel callbacks: ", AssetState.completions, size="1", color_scheme="gray",
+                data_testid="panel-callbacks"),
+    )

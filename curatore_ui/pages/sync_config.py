@@ -1,0 +1,155 @@
+"""A SharePoint sync configuration's page, `/orgs/[slug]/syncs/[sync_config_id]`: start a sync, watch it
+(a panel with its child extractions), see past syncs and the files it keeps."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import reflex as rx
+from sqlalchemy import select
+
+from backend.auth.orgs import get_org
+from backend.db.engine import in_transaction
+from backend.db.models import Asset, ConnectorState
+from backend.errors import CuratoreError
+from backend.queues.dispatch import submit_run
+from backend.runs.queries import RunFilter, list_runs
+from curatore_ui.components.job_progress_panel import is_resource_busy, job_progress_panel_by_type
+from curatore_ui.components.layout import layout
+from curatore_ui.components.run_table import run_table
+from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.views import LinkItem, RunRow, route_params, run_row
+
+DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
+
+
+def _read(slug: str, config_id: str) -> dict[str, Any]:
+    org = get_org(slug)
+    runs = list_runs(RunFilter(organization_id=org.id, resource_type="sharepoint_config", resource_id=config_id),
+                     limit=10)
+
+    def files(s: Any) -> list[Asset]:
+        return list(s.execute(select(Asset).where(Asset.organization_id == org.id, Asset.collection_id == config_id,
+                                                  Asset.deleted_at.is_(None)).order_by(Asset.filename).limit(200))
+                    .scalars().all())
+
+    def state(s: Any) -> dict[str, Any]:
+        row = s.execute(select(ConnectorState).where(ConnectorState.organization_id == org.id,
+                                                     ConnectorState.connector == "sharepoint",
+                                                     ConnectorState.resource_id == config_id)).scalar_one_or_none()
+        return row.state if row else {}
+
+    last = runs[0].config if runs else {}
+    return {
+        "history": [run_row(r, org_slug=slug, scoped_slug=slug) for r in runs],
+        "files": [LinkItem(a.filename, f"{a.size_bytes:,} bytes", f"/orgs/{slug}/assets/{a.id}", "file", "blue")
+                  for a in in_transaction(files)],
+        "drive_id": last.get("drive_id", ""),
+        "base_url": last.get("base_url") or DEFAULT_GRAPH_URL,
+        "has_delta": bool(in_transaction(state).get("delta_link")),
+    }
+
+
+class SyncConfigState(rx.State):
+    live_seq: int = 0
+    slug: str = ""
+    config_id: str = ""
+    drive_id: str = ""
+    base_url: str = DEFAULT_GRAPH_URL
+    full_resync: bool = False
+    has_delta: bool = False
+    history: list[RunRow] = []
+    files: list[LinkItem] = []
+    error: str = ""
+
+    @rx.event
+    async def load(self) -> None:
+        params = route_params(self.router.url.path)
+        self.slug, self.config_id = params.get("slug", ""), params.get("id", "")
+        seq = await asyncio.to_thread(current_seq)
+        await self._refresh(first=True)
+        self.live_seq = seq
+        bridge.watch(self.router.session.client_token,
+                     Watch(SyncConfigState, resources=(("sharepoint_config", self.config_id),), since_seq=seq))
+
+    async def _refresh(self, first: bool = False) -> None:
+        try:
+            data = await asyncio.to_thread(_read, self.slug, self.config_id)
+        except CuratoreError as exc:
+            self.error = exc.message
+            return
+        self.history, self.files, self.has_delta = data["history"], data["files"], data["has_delta"]
+        if first:
+            self.drive_id = self.drive_id or data["drive_id"]
+            self.base_url = data["base_url"]
+
+    async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
+        if any(e["kind"] == "status" for e in events):
+            await self._refresh()
+        return None
+
+    @rx.event
+    def set_drive_id(self, value: str) -> None:
+        self.drive_id = value
+
+    @rx.event
+    def set_base_url(self, value: str) -> None:
+        self.base_url = value
+
+    @rx.event
+    def set_full_resync(self, value: bool) -> None:
+        self.full_resync = value
+
+    @rx.event
+    async def start_sync(self) -> None:
+        config = {"sync_config_id": self.config_id, "drive_id": self.drive_id.strip(),
+                  "base_url": self.base_url.strip() or None, "full_resync": self.full_resync}
+
+        def start() -> None:
+            submit_run("sharepoint_sync", config, organization_id=get_org(self.slug).id, created_by="admin",
+                       display_name=f"Sync {self.config_id}")
+
+        try:
+            await asyncio.to_thread(start)
+            self.error = ""
+        except CuratoreError as exc:
+            self.error = exc.message
+
+
+def _form() -> rx.Component:
+    S = SyncConfigState
+    return rx.card(rx.vstack(
+        rx.heading("Source", size="3"),
+        rx.hstack(rx.text("Drive id", size="2", width="7rem"),
+                  rx.input(value=S.drive_id, on_change=S.set_drive_id, width="100%", data_testid="drive-id"),
+                  width="100%", align="center"),
+        rx.hstack(rx.text("Graph URL", size="2", width="7rem"),
+                  rx.input(value=S.base_url, on_change=S.set_base_url, width="100%", data_testid="base-url"),
+                  width="100%", align="center"),
+        rx.hstack(
+            rx.checkbox("Full resync (ignore the delta link)", checked=S.full_resync, on_change=S.set_full_resync),
+            rx.spacer(),
+            rx.cond(S.has_delta, rx.badge("delta link kept", color_scheme="green", variant="soft")),
+            rx.button(rx.icon("folder-sync", size=14), "Start sync", on_click=S.start_sync,
+                      disabled=is_resource_busy("sharepoint_config", S.config_id, "sharepoint_sync"),
+                      data_testid="start-sync"),
+            width="100%", align="center",
+        ),
+        spacing="3", width="100%",
+    ), width="100%")
+
+
+def page() -> rx.Component:
+    S = SyncConfigState
+    return layout(
+        "SharePoint sync",
+        rx.text("Configuration ", rx.code(S.config_id), size="2", color_scheme="gray"),
+        rx.cond(S.error != "", rx.callout(S.error, color_scheme="red", icon="triangle-alert")),
+        _form(),
+        job_progress_panel_by_type(S.config_id, "sharepoint_config", "sharepoint_sync"),
+        rx.card(rx.heading("Recent syncs", size="3"), run_table(S.history, compact=True), width="100%"),
+        rx.card(rx.heading("Files", size="3"), rx.foreach(S.files, lambda f: rx.hstack(
+            rx.icon("file", size=14), rx.link(f.label, href=f.href, size="2"),
+            rx.text(f.name, size="1", color_scheme="gray"), align="center")), width="100%"),
+    )
