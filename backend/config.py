@@ -31,7 +31,7 @@ class Settings(BaseSettings):
 
     # Extra modules imported by workers, the API and the UI: they may register job types.
     job_modules: list[str] = Field(default_factory=list)
-    # A JSON or YAML file overriding registry limits (queue concurrency, timeouts).
+    # A JSON file overriding registry limits (queue concurrency, timeouts).
     registry_overrides: Path | None = None
 
     heartbeat_seconds: float = 5.0

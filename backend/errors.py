@@ -79,6 +79,13 @@ class DatabaseUnavailable(CuratoreError):
     http_status = 503
 
 
+class DatabaseNotMigrated(CuratoreError):
+    """The database schema is missing or old: run `curatore migrate`."""
+
+    code = "database_not_migrated"
+    http_status = 503
+
+
 class JobFailed(CuratoreError):
     """The job failed."""
 

@@ -132,6 +132,22 @@ def get_record(organization_id: uuid.UUID, source: str, kind: str, external_id: 
         ExternalRecord.kind == kind, ExternalRecord.external_id == external_id)).scalar_one_or_none())
 
 
+def retire_records(organization_id: uuid.UUID, source: str, kind: str, resource_id: str, keep: set[str]) -> list[str]:
+    """Mark deleted the live records of ``resource_id`` whose external ids are not in ``keep``."""
+
+    def write(s: Any) -> list[str]:
+        rows = s.execute(select(ExternalRecord).where(
+            ExternalRecord.organization_id == organization_id, ExternalRecord.source == source,
+            ExternalRecord.kind == kind, ExternalRecord.resource_id == resource_id,
+            ExternalRecord.deleted_at.is_(None))).scalars().all()
+        gone = [r for r in rows if r.external_id not in keep]
+        for record in gone:
+            record.deleted_at = record.updated_at = utcnow()
+        return [r.external_id for r in gone]
+
+    return in_transaction(write)
+
+
 # --------------------------------------------------------------------------- assets of a collection
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session
 
 from backend.config import get_settings
-from backend.errors import DatabaseUnavailable
+from backend.errors import DatabaseNotMigrated, DatabaseUnavailable
 
 T = TypeVar("T")
 _lock = threading.Lock()
@@ -87,9 +87,13 @@ def transaction() -> Iterator[Session]:
             with session.begin():
                 yield session
             callbacks = session.info.pop("after_commit", [])
-    except OperationalError as exc:
-        if _is_connection_error(exc):
-            raise DatabaseUnavailable(f"The database could not be reached: {exc.orig}") from exc
+    except (OperationalError, ProgrammingError) as exc:
+        if _is_missing_table(exc):
+            raise DatabaseNotMigrated(
+                "The database has no Curatore tables (or an old schema): run `curatore migrate`."
+            ) from exc
+        if isinstance(exc, OperationalError) and _is_connection_error(exc):
+            raise DatabaseUnavailable(f"The database could not be reached: {_first_line(exc.orig)}") from exc
         raise
     for callback in callbacks:
         callback()
@@ -108,6 +112,15 @@ def in_transaction(fn: Callable[[Session], T], session: Session | None = None) -
                 raise
             time.sleep(0.02 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def _first_line(error: object) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _is_missing_table(exc: OperationalError | ProgrammingError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate in ("42P01", "42703") or "no such table" in str(exc.orig) or "no such column" in str(exc.orig)
 
 
 def _is_connection_error(exc: OperationalError) -> bool:

@@ -46,12 +46,14 @@ def dispatch(run_id: uuid.UUID) -> bool:
     try:
         _publish(job_type.task_name, job_type.queue, run_id, attempt, task_id, job_type.timeout_seconds)
     except BROKER_ERRORS as exc:
+        cause = getattr(exc, "orig", None) or exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         message = (
-            f"Could not reach the message broker ({type(exc).__name__}: {exc}). "
+            f"Could not reach the message broker ({type(cause).__name__}: {first}). "
             "The run was not started; retry it when the broker is back."
         )
         service.fail(run_id, message)
-        raise BrokerUnavailable(message) from exc
+        raise BrokerUnavailable(f"{message} (run {run_id})", run_id=str(run_id)) from exc
     return True
 
 

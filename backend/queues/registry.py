@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.config import get_settings
 from backend.errors import CuratoreError, InvalidConfig, UnknownRunType
@@ -253,6 +253,12 @@ class Registry:
     def register(self, job_type: JobType) -> JobType:
         if job_type.queue not in self.queues:
             raise ValueError(f"job type {job_type.key!r} names unknown queue {job_type.queue!r}")
+        if self.aliases.get(job_type.key, job_type.key) != job_type.key:
+            raise ValueError(f"job type {job_type.key!r} is already an alias of {self.aliases[job_type.key]!r}")
+        for alias in job_type.aliases:
+            owner = self.aliases.get(alias, alias if alias in self.types else None)
+            if owner is not None and owner != job_type.key:
+                raise ValueError(f"alias {alias!r} of {job_type.key!r} is already taken by {owner!r}")
         self.types[job_type.key] = job_type
         for alias in job_type.aliases:
             self.aliases[alias] = job_type.key
@@ -286,25 +292,53 @@ class Registry:
         return model.model_dump(mode="json")
 
     def apply_overrides(self, overrides: dict[str, Any]) -> None:
-        """Apply limits from the overrides file: ``{"queues": {name: {...}}, "job_types": {key: {...}}}``."""
+        """Apply limits from the overrides file: ``{"queues": {name: {...}}, "job_types": {key: {...}}}``.
+
+        Unknown names, fields or values are refused with a message naming them.
+        """
+        try:
+            parsed = Overrides.model_validate(overrides)
+        except ValidationError as exc:
+            raise CuratoreError("Invalid registry overrides: " + _describe_errors(exc)) from None
+        for name, values in parsed.queues.items():
+            if name not in self.queues:
+                raise CuratoreError(f"Registry overrides name unknown queue {name!r}; known: {sorted(self.queues)}.")
+            self.queues[name] = replace(self.queues[name], **values.model_dump(exclude_none=True))
+        for key, values in parsed.job_types.items():
+            if key not in self.types:
+                raise CuratoreError(f"Registry overrides name unknown job type {key!r}; known: {sorted(self.types)}.")
+            fields = values.model_dump(exclude_none=True)
+            if "queue" in fields and fields["queue"] not in self.queues:
+                raise CuratoreError(f"Registry overrides move {key!r} to unknown queue {fields['queue']!r}.")
+            self.types[key] = replace(self.types[key], **fields)
         self.overrides = overrides
-        for name, values in (overrides.get("queues") or {}).items():
-            if name in self.queues:
-                self.queues[name] = replace(self.queues[name], **_only(values, {"max_concurrency", "label"}))
-        allowed = {"timeout_seconds", "max_concurrency", "default_priority", "queue"}
-        for key, values in (overrides.get("job_types") or {}).items():
-            if key in self.types:
-                self.types[key] = replace(self.types[key], **_only(values, allowed))
 
     def celery_queues(self) -> list[str]:
         return sorted(self.queues)
 
 
-def _only(values: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
-    unknown = set(values) - allowed
-    if unknown:
-        raise ValueError(f"registry override has unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return values
+class QueueOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    label: str | None = None
+
+
+class JobTypeOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout_seconds: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    default_priority: int | None = Field(default=None, ge=0, le=4)
+    queue: str | None = None
+
+
+class Overrides(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queues: dict[str, QueueOverride] = Field(default_factory=dict)
+    job_types: dict[str, JobTypeOverride] = Field(default_factory=dict)
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
 
 
 def _describe(key: str, exc: ValidationError) -> str:
@@ -338,7 +372,7 @@ def _build(registry: Registry) -> None:
         registry.register(job_type)
     settings = get_settings()
     if settings.registry_overrides:
-        registry.apply_overrides(json.loads(settings.registry_overrides.read_text()))
+        registry.apply_overrides(_read_overrides(settings.registry_overrides))
     for module in settings.job_modules:
         try:
             imported = importlib.import_module(module)
@@ -346,6 +380,18 @@ def _build(registry: Registry) -> None:
             raise CuratoreError(f"CURATORE_JOB_MODULES names {module!r}, which cannot be imported: {exc}") from exc
         for job_type in getattr(imported, "JOB_TYPES", ()):  # the module lists its types (read on every build)
             registry.register(job_type)
+
+
+def _read_overrides(path: Any) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise CuratoreError(f"Cannot read the registry overrides file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise CuratoreError(f"The registry overrides file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CuratoreError(f"The registry overrides file {path} must hold a JSON object.")
+    return data
 
 
 def register(job_type: JobType) -> JobType:

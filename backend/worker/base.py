@@ -175,19 +175,34 @@ def _run_executor(ctx: JobContext) -> str:
     except JobCancelled as exc:
         ctx._flush()
         service.mark_cancelled(rid, exc.message)
+        _seal_after_early_end(ctx)
         return "cancelled"
     except SoftTimeLimitExceeded:
         service.time_out(rid, f"Ran longer than the {job_type.label} time limit of {job_type.timeout_seconds} s")
+        _seal_after_early_end(ctx)
         return "timed_out"
     except CuratoreError as exc:
         _flush_quietly(ctx)
         service.fail(rid, exc.message, results=ctx.results or None)
+        _seal_after_early_end(ctx)
         return "failed"
     except Exception as exc:
         _flush_quietly(ctx)
         log.exception("run %s failed", rid)
         service.fail(rid, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), results=ctx.results or None)
+        _seal_after_early_end(ctx)
         return "failed"
+
+
+def _seal_after_early_end(ctx: JobContext) -> None:
+    """A parent that ended early (failed, cancelled, timed out) after spawning children seals its group,
+    so the group still ends, once, with its last child (the parent, already ended, keeps its status)."""
+    if ctx._group_id is None:
+        return
+    try:
+        groups.seal(ctx._group_id)
+    except Exception:  # noqa: BLE001 - the run's own outcome is already recorded
+        log.exception("could not seal the run group of run %s", ctx.run_id)
 
 
 def _flush_quietly(ctx: JobContext) -> None:

@@ -88,12 +88,14 @@ def test_broker_down_fails_the_run_clearly(backend, broker_down):
     print(f"submit_run gave up after {elapsed:.2f} s")  # bounded by the publish retry policy, not a hang
 
     message = caught.value.message
-    assert message.startswith("Could not reach the message broker (")
-    assert message.endswith("The run was not started; retry it when the broker is back.")
-    assert caught.value.code == "broker_unavailable" and caught.value.http_status == 503
-
     [run] = list_runs()
+    assert message.startswith("Could not reach the message broker (")
+    assert message.endswith(f"The run was not started; retry it when the broker is back. (run {run.id})")
+    assert caught.value.code == "broker_unavailable" and caught.value.http_status == 503
+    assert caught.value.details == {"run_id": str(run.id)}
+
     assert RunStatus(run.status) is RunStatus.FAILED
+    message = message.removesuffix(f" (run {run.id})")
     assert run.error_message == message
     assert run.completed_at is not None
     events = get_logs(run.id)
@@ -158,7 +160,7 @@ def test_database_down_cli_says_one_line(sqlite_backend, tmp_path, args):
     assert not [p for p in sqlite_backend.data_dir.rglob("*") if "assets" in p.parts and p.is_file()]
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: a database without tables gives a raw SQLAlchemy traceback")
+
 def test_unmigrated_database_cli_says_run_migrate(sqlite_backend, tmp_path):
     env = cli_env(sqlite_backend, CURATORE_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}")
     result = run_cli(env, tmp_path, "runs", "list")

@@ -1,0 +1,97 @@
+"""A Microsoft Graph drive client: the delta protocol and file downloads.
+
+``GET /drives/{drive-id}/root/delta`` lists the drive; each page links to the next one with
+``@odata.nextLink`` and the last page carries ``@odata.deltaLink``, which the next sync follows to get
+only what changed since (files with a ``file`` facet, folders, and items with a ``deleted`` facet).
+An expired delta link answers 410 Gone (``resyncRequired``): the caller then lists everything again.
+``GET /drives/{drive-id}/items/{item-id}/content`` answers 302 to a pre-authenticated download URL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from backend.connectors.common import RunHttpClient
+from backend.connectors.http import FetchFailed
+from backend.errors import CuratoreError
+
+DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
+
+
+class GraphError(CuratoreError):
+    """Microsoft Graph did not answer as expected."""
+
+    code = "graph_error"
+
+
+class DeltaExpired(GraphError):
+    """The delta link expired (410 Gone); a full listing is needed."""
+
+    code = "graph_resync_required"
+
+
+@dataclass
+class DeltaPage:
+    items: list[dict[str, Any]]
+    next_link: str | None
+    delta_link: str | None
+
+
+class GraphDrive:
+    def __init__(self, http: RunHttpClient, drive_id: str, token: str | None) -> None:
+        self.http, self.drive_id = http, drive_id
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def delta(self, delta_link: str | None = None) -> Iterator[DeltaPage]:
+        """The pages of a delta listing: everything, or what changed since ``delta_link``."""
+        url: str | None = delta_link or f"/drives/{quote(self.drive_id, safe='')}/root/delta"
+        while url:
+            data = self._json(url, "listing")
+            page = DeltaPage(list(data.get("value") or []), data.get("@odata.nextLink"), data.get("@odata.deltaLink"))
+            if page.next_link is None and page.delta_link is None:
+                raise GraphError(f"Microsoft Graph answered a delta page of drive {self.drive_id} with neither "
+                                 "@odata.nextLink nor @odata.deltaLink.")
+            yield page
+            url = page.next_link
+
+    def download(self, item_id: str) -> bytes:
+        path = f"/drives/{quote(self.drive_id, safe='')}/items/{quote(item_id, safe='')}/content"
+        return self._call(lambda: self.http.get_following(path, headers=self.headers), f"downloading {item_id}").content
+
+    def _json(self, url: str, what: str) -> dict[str, Any]:
+        response = self._call(lambda: self.http.get(url, headers=self.headers), what)
+        try:
+            return response.json()
+        except ValueError:
+            raise GraphError(f"Microsoft Graph answered {what} with something that is not JSON "
+                             f"(HTTP {response.status_code}, {response.headers.get('Content-Type')}).") from None
+
+    def _call(self, fn: Any, what: str) -> Any:
+        try:
+            return fn()
+        except FetchFailed as exc:
+            status = exc.details.get("status")
+            detail = _graph_error(exc.details.get("body") or "")
+            if status == 410:
+                raise DeltaExpired(f"Microsoft Graph: the delta link of drive {self.drive_id} expired ({detail})") from None
+            if status in (401, 403):
+                raise GraphError(f"Microsoft Graph refused {what} on drive {self.drive_id} (HTTP {status} {detail}). "
+                                 "Check the token in CURATORE_SHAREPOINT_TOKEN.", status=status) from None
+            if status == 404:
+                raise GraphError(f"Microsoft Graph: {what} on drive {self.drive_id}: not found (HTTP 404 {detail}).",
+                                 status=status) from None
+            raise GraphError(f"Microsoft Graph: {what} on drive {self.drive_id} failed: {exc.message}",
+                             status=status) from None
+
+
+def _graph_error(body: str) -> str:
+    """``code: message`` from a Graph error body ``{"error": {"code": ..., "message": ...}}``."""
+    try:
+        error = json.loads(body).get("error") or {}
+        return f"{error.get('code', 'error')}: {error.get('message', '')}".strip(": ")
+    except (ValueError, AttributeError):
+        return body[:200]
