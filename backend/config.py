@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     registry_overrides: Path | None = None
 
     heartbeat_seconds: float = 5.0
+    # A running run's lease; a run whose lease expires is stale, then re-queued or timed out.
+    lease_seconds: float = 30.0
+    # How long a cooperative cancel may take before the run's process is killed.
+    cancel_grace_seconds: float = 10.0
+    # How often each worker node sweeps for expired leases and dispatches pending runs.
+    sweep_seconds: float = 5.0
+    # Boosts per organization per minute.
+    boosts_per_minute: int = 10
     # The live bridge reads the outbox at least this often (Redis wake-ups make it immediate).
     live_poll_seconds: float = 0.5
     progress_min_interval: float = 0.25

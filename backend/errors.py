@@ -12,6 +12,7 @@ class CuratoreError(Exception):
 
     code = "error"
     http_status = 400
+    retryable = False  # may an automatic retry help? (deliberate errors are usually permanent)
 
     def __init__(self, message: str | None = None, **details: object) -> None:
         self.message = message or (self.__doc__ or "").strip()
@@ -70,6 +71,7 @@ class BrokerUnavailable(CuratoreError):
 
     code = "broker_unavailable"
     http_status = 503
+    retryable = True
 
 
 class DatabaseUnavailable(CuratoreError):
@@ -77,6 +79,7 @@ class DatabaseUnavailable(CuratoreError):
 
     code = "database_unavailable"
     http_status = 503
+    retryable = True
 
 
 class DatabaseNotMigrated(CuratoreError):
@@ -90,6 +93,20 @@ class JobFailed(CuratoreError):
     """The job failed."""
 
     code = "job_failed"
+
+
+class DuplicateRun(CuratoreError):
+    """The same job is already queued or running for this resource."""
+
+    code = "duplicate_run"
+    http_status = 409
+
+
+class RateLimited(CuratoreError):
+    """Too many requests; try again shortly."""
+
+    code = "rate_limited"
+    http_status = 429
 
 
 class JobCancelled(CuratoreError):

@@ -222,7 +222,7 @@ class GraphServer(ProtocolServer):
         self.drive_id, self.token, self.page_size = drive_id, token, page_size
         self._seq = 0
         self._expired_before = 0
-        self._items: dict[str, DriveItem] = {"root": DriveItem("root", "root", None, True)}
+        self._items: dict[str, DriveItem] = {"root": DriveItem("root", "root", None, True, seq=self._next())}
 
     # the dataset ----------------------------------------------------------------------
     def put_file(self, path: str, content: bytes) -> str:

@@ -30,6 +30,7 @@ class FetchFailed(CuratoreError):
     """The remote service did not answer successfully."""
 
     code = "fetch_failed"
+    retryable = True
 
 
 def check_address(url: str) -> None:

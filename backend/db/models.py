@@ -100,6 +100,7 @@ class Run(SQLModel, table=True):
     heartbeat_at: datetime | None = _ts()
     lease_expires_at: datetime | None = _ts()
     cancel_requested_at: datetime | None = _ts()
+    not_before: datetime | None = _ts()  # not dispatched before (retry backoff)
 
     celery_task_id: str | None = Field(default=None, max_length=64)
     worker_hostname: str | None = Field(default=None, max_length=200)

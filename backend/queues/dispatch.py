@@ -1,9 +1,8 @@
-"""Sending runs to Celery, always after the transaction that created them has committed.
+"""Submitting runs and publishing them to Celery, always after the transaction that claimed them.
 
-A dispatch moves the run pending → submitted (recording the Celery task id and
-a new dispatch attempt), then publishes ``[run_id, dispatch_attempt]`` to the
-run's queue. The worker starts only the current attempt, so a message that is
-delivered twice, or late, does nothing.
+The dispatcher (``dispatcher.py``) decides which pending runs go now; a claimed run moves pending →
+submitted (a new Celery task id and dispatch attempt) and ``[run_id, dispatch_attempt]`` is published to
+its queue. The worker starts only the current attempt, so a message delivered twice, or late, does nothing.
 """
 
 from __future__ import annotations
@@ -36,28 +35,31 @@ except ImportError:  # pragma: no cover - redis is a dependency
 
 
 def dispatch(run_id: uuid.UUID) -> bool:
-    """Publish a pending run; returns False if it was no longer pending."""
-    run_type = in_transaction(lambda s: s.execute(select(Run.run_type).where(Run.id == run_id)).scalar_one())
-    job_type = get_registry().resolve(run_type)
-    task_id = str(uuid.uuid4())
-    attempt = service.mark_submitted(run_id, task_id)
-    if attempt is None:
+    """A dispatch pass over the run's queue; True if this run was published now.
+
+    A run that could not be published because the broker is down is marked failed and
+    :class:`BrokerUnavailable` is raised: whoever submitted it hears so at once.
+    """
+    from backend.queues.dispatcher import dispatch_pending
+
+    queue = in_transaction(lambda s: s.execute(select(Run.queue).where(Run.id == run_id)).scalar_one())
+    outcome = dispatch_pending([queue])
+    if run_id not in outcome:
         return False
-    try:
-        _publish(job_type.task_name, job_type.queue, run_id, attempt, task_id, job_type.timeout_seconds)
-    except BROKER_ERRORS as exc:
-        cause = getattr(exc, "orig", None) or exc
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        message = (
-            f"Could not reach the message broker ({type(cause).__name__}: {first}). "
-            "The run was not started; retry it when the broker is back."
-        )
-        service.fail(run_id, message)
-        raise BrokerUnavailable(f"{message} (run {run_id})", run_id=str(run_id)) from exc
-    return True
+    exc = outcome[run_id]
+    if exc is None:
+        return True
+    cause = getattr(exc, "orig", None) or exc
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    message = (
+        f"Could not reach the message broker ({type(cause).__name__}: {first}). "
+        "The run was not started; retry it when the broker is back."
+    )
+    service.fail(run_id, message)
+    raise BrokerUnavailable(f"{message} (run {run_id})", run_id=str(run_id)) from exc
 
 
-def _publish(task_name: str, queue: str, run_id: uuid.UUID, attempt: int, task_id: str, timeout: int) -> None:
+def publish(task_name: str, queue: str, run_id: uuid.UUID, attempt: int, task_id: str, timeout: int) -> None:
     from backend.worker.celery_app import celery_app
 
     retries = get_settings().broker_publish_retries
@@ -74,15 +76,12 @@ def _publish(task_name: str, queue: str, run_id: uuid.UUID, attempt: int, task_i
 
 
 def dispatch_after_commit(session: Session, run_id: uuid.UUID) -> None:
-    """Dispatch ``run_id`` once ``session``'s transaction commits (for runs created inside a transaction)."""
+    """A dispatch pass for ``run_id``'s queue once ``session``'s transaction commits (for runs created
+    inside a transaction, such as children)."""
+    from backend.queues.dispatcher import kick
 
-    def send() -> None:
-        try:
-            dispatch(run_id)
-        except BrokerUnavailable as exc:
-            log.error("run %s: %s", run_id, exc)
-
-    after_commit(session, send)
+    queue = session.execute(select(Run.queue).where(Run.id == run_id)).scalar_one()
+    after_commit(session, lambda: kick(queue))
 
 
 def submit_run(run_type: str, config: dict[str, Any], **kwargs: Any) -> Run:
@@ -121,3 +120,33 @@ def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:
                     {"retry_of": str(original.id)})
     dispatch(run.id)
     return run
+
+
+def schedule_retry(run_id: uuid.UUID) -> Run:
+    """An automatic retry: a new run with ``retry_of``, the next attempt, dispatched after the policy's backoff."""
+    from datetime import timedelta
+
+    from backend.db.types import utcnow
+    from backend.runs.queries import get_run
+    from backend.runs.states import RunOrigin
+
+    original = get_run(run_id)
+    policy = get_registry().resolve(original.run_type).retry_policy
+    delay = policy.delay_for(original.attempt)
+
+    def write(s: Session) -> Run:
+        run = service.create_run(
+            original.run_type, original.config, organization_id=original.organization_id,
+            origin=RunOrigin(original.origin), priority=original.priority, created_by=original.created_by,
+            display_name=original.display_name, input_asset_ids=original.input_asset_ids,
+            parent_run_id=original.parent_run_id, retry_of=original.id, attempt=original.attempt + 1,
+            not_before=utcnow() + timedelta(seconds=delay), session=s, check_duplicates=False,
+        )
+        service.add_log(original.id, "WARN", "retry",
+                        f"Retrying automatically in {delay:g} s as attempt {run.attempt} of {policy.max_attempts}",
+                        {"retry_run_id": str(run.id), "delay_s": delay}, session=s)
+        service.add_log(run.id, "INFO", "retry", f"Automatic retry of {original.id} (attempt {run.attempt})",
+                        {"retry_of": str(original.id), "not_before_s": delay}, session=s)
+        return run
+
+    return in_transaction(write)

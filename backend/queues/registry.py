@@ -82,6 +82,7 @@ class JobType:
     has_child_jobs: bool = False
     cancel_cascade: Literal["queued", "all"] = "queued"
     retry_policy: RetryPolicy = RetryPolicy()
+    dedupe_cooldown_seconds: int = 0  # refuse the same job on the same resource this long after one completed
     default_priority: int = 2
     completed_toast: str = "{label} completed"
     failed_toast: str = "{label} failed: {error}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -60,16 +61,28 @@ def online() -> list[dict[str, Any]]:
 
 
 class NodeHeartbeat(threading.Thread):
+    """In each worker's main process: report the node, sweep for lost runs, dispatch pending ones."""
+
     def __init__(self, hostname: str, queues: list[str], concurrency: int) -> None:
         super().__init__(name="curatore-node-heartbeat", daemon=True)
         self.hostname, self.queues, self.concurrency = hostname, queues, concurrency
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        from backend.config import get_settings
+        from backend.queues.dispatcher import dispatch_pending
+        from backend.runs.recovery import sweep
+
+        interval = min(BEAT_SECONDS, get_settings().sweep_seconds)
+        last_beat = 0.0
         while True:
             try:
-                beat(self.hostname, self.queues, self.concurrency)
-            except Exception as exc:  # the database may be away for a moment
-                log.warning("worker heartbeat failed: %s", exc)
-            if self.stopped.wait(BEAT_SECONDS):
+                if time.monotonic() - last_beat >= BEAT_SECONDS:
+                    beat(self.hostname, self.queues, self.concurrency)
+                    last_beat = time.monotonic()
+                sweep()
+                dispatch_pending(self.queues)
+            except Exception as exc:  # the database or broker may be away for a moment
+                log.warning("worker housekeeping failed: %s", exc)
+            if self.stopped.wait(interval):
                 return

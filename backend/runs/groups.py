@@ -122,6 +122,10 @@ def seal(group_id: uuid.UUID, session: Session | None = None) -> bool:
 
     def write(s: Session) -> bool:
         s.execute(update(RunGroup).where(RunGroup.id == group_id).values(sealed=True))
+        parent_id = s.execute(select(RunGroup.parent_run_id).where(RunGroup.id == group_id)).scalar_one()
+        # The parent's task has ended: no more heartbeats. It waits on its children without a lease,
+        # so the sweeper leaves it alone (parents with active children are exempt).
+        s.execute(update(Run).where(Run.id == parent_id).values(lease_expires_at=None))
         return _try_finalize(s, group_id)
 
     return in_transaction(write, session)

@@ -20,7 +20,7 @@ from sqlmodel import Session
 from backend.db.engine import after_commit, in_transaction
 from backend.db.models import Run, RunLogEvent, empty_progress
 from backend.db.types import utcnow
-from backend.errors import InvalidConfig, InvalidTransition, RunNotFound
+from backend.errors import DuplicateRun, InvalidConfig, InvalidTransition, RunNotFound
 from backend.queues.registry import get_registry
 from backend.runs import outbox
 from backend.runs.states import EVENT_TYPES, LogLevel, RunOrigin, RunStatus, allowed
@@ -91,9 +91,12 @@ def create_run(
     group_id: uuid.UUID | None = None,
     retry_of: uuid.UUID | None = None,
     attempt: int = 1,
+    not_before: datetime | None = None,
+    check_duplicates: bool = True,
     session: Session | None = None,
 ) -> Run:
-    """Validate and write a pending run. An invalid config raises before anything is written."""
+    """Validate and write a pending run. An invalid config, or the same job already active on the same
+    resource (or within the type's cooldown), raises before anything is written."""
     job_type = get_registry().resolve(run_type)
     clean = get_registry().validate_config(run_type, config)
     if priority is not None and not 0 <= priority <= 4:
@@ -103,6 +106,9 @@ def create_run(
         asset_ids = asset_ids or [str(clean[job_type.resource_id_field])]
 
     def write(s: Session) -> Run:
+        resource_id = job_type.resource_id_from(clean)
+        if check_duplicates and resource_id is not None:
+            _refuse_duplicate(s, job_type, organization_id, resource_id)
         run = Run(
             organization_id=organization_id,
             run_type=run_type,
@@ -114,12 +120,13 @@ def create_run(
             progress=empty_progress(),
             input_asset_ids=asset_ids,
             resource_type=job_type.resource_type,
-            resource_id=job_type.resource_id_from(clean),
+            resource_id=resource_id,
             created_by=created_by,
             parent_run_id=parent_run_id,
             group_id=group_id,
             retry_of=retry_of,
             attempt=attempt,
+            not_before=not_before,
             last_activity_at=utcnow(),
         )
         s.add(run)
@@ -130,6 +137,25 @@ def create_run(
         return run
 
     return in_transaction(write, session)
+
+
+def _refuse_duplicate(session: Session, job_type: Any, organization_id: uuid.UUID, resource_id: str) -> None:
+    names = [job_type.key, *job_type.aliases]
+    same = [Run.organization_id == organization_id, Run.run_type.in_(names), Run.resource_id == resource_id]
+    active = session.execute(
+        select(Run.id).where(*same, Run.status.in_([st for st in RunStatus if st.is_active])).limit(1)
+    ).scalar_one_or_none()
+    if active is not None:
+        raise DuplicateRun(f"A {job_type.label} run for {resource_id} is already queued or running ({active}).",
+                           run_id=str(active))
+    if job_type.dedupe_cooldown_seconds:
+        since = utcnow() - timedelta(seconds=job_type.dedupe_cooldown_seconds)
+        recent = session.execute(
+            select(Run.id).where(*same, Run.status == S.COMPLETED, Run.completed_at >= since).limit(1)
+        ).scalar_one_or_none()
+        if recent is not None:
+            raise DuplicateRun(f"A {job_type.label} run for {resource_id} completed less than "
+                               f"{job_type.dedupe_cooldown_seconds} s ago ({recent}).", run_id=str(recent))
 
 
 # --------------------------------------------------------------------------- the transition
@@ -281,6 +307,32 @@ def start(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: 
     return in_transaction(write)
 
 
+def mark_stale(run_id: uuid.UUID, message: str) -> bool:
+    return _change(run_id, S.STALE, message, level=LogLevel.WARN, expect={S.RUNNING}) is not None
+
+
+def requeue(run_id: uuid.UUID, message: str, session: Session | None = None) -> bool:
+    """Back to pending (its worker was lost, or its publish failed); the dispatcher sends it again."""
+    return _change(run_id, S.PENDING, message, session, level=LogLevel.WARN,
+                   values={"celery_task_id": None, "worker_hostname": None}) is not None
+
+
+def force_kill(run_id: uuid.UUID, by: str) -> bool:
+    """Admin only: mark the run failed now; the process running it kills itself at its next heartbeat
+    (``backend.worker.base.Heartbeat``), so only that run's work is hit. A run not started yet is revoked."""
+
+    def write(s: Session) -> bool:
+        task_id = s.execute(select(Run.celery_task_id).where(Run.id == run_id)).scalar_one_or_none()
+        message = f"Force-killed by {by}"
+        done = transition(s, run_id, S.FAILED, message, level=LogLevel.ERROR,
+                          values={"error_message": message}, context={"by": by, "stage": "killed"}) is not None
+        if done and task_id:
+            after_commit(s, lambda: _revoke_quietly(task_id))
+        return done
+
+    return in_transaction(write)
+
+
 def complete(run_id: uuid.UUID, results: dict[str, Any] | None = None, message: str = "Completed") -> bool:
     return _change(run_id, S.COMPLETED, message, values={"results_summary": _json_safe(results or {})}) is not None
 
@@ -306,8 +358,12 @@ def time_out(run_id: uuid.UUID, message: str) -> bool:
     return _change(run_id, S.TIMED_OUT, message, level=LogLevel.ERROR, values={"error_message": message}) is not None
 
 
-def mark_cancelled(run_id: uuid.UUID, message: str = "Cancelled", session: Session | None = None) -> bool:
-    return _change(run_id, S.CANCELLED, message, session, level=LogLevel.WARN) is not None
+def mark_cancelled(
+    run_id: uuid.UUID, message: str = "Cancelled", session: Session | None = None, *, stage: str | None = None
+) -> bool:
+    """The run ends cancelled; ``stage`` says how: acknowledged (the job stopped itself) or forced."""
+    context = {"stage": stage} if stage else None
+    return _change(run_id, S.CANCELLED, message, session, level=LogLevel.WARN, context=context) is not None
 
 
 def request_cancel(run_id: uuid.UUID, by: str | None = None, reason: str | None = None) -> RunStatus:

@@ -10,8 +10,11 @@ short message with the traceback kept in the log's context.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import threading
+import time
 import traceback
 import uuid
 from typing import Any
@@ -55,6 +58,7 @@ class JobContext:
         self._cancel_seen = threading.Event()
         self._group_id: uuid.UUID | None = None
         self._children = 0
+        self._finishing = False  # the executor returned or raised: the heartbeat must not kill the process
 
     # progress and log ---------------------------------------------------------------
     def progress(
@@ -125,22 +129,51 @@ class JobContext:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the run's lease and notices cancel requests while the executor works."""
+    """Renews the run's lease while the executor works, and enforces what others decided:
 
-    def __init__(self, ctx: JobContext, interval: float, lease: float) -> None:
+    - a cancel request is passed to ``check_cancelled()``; if the executor has not stopped
+      ``CURATORE_CANCEL_GRACE_SECONDS`` later, the run is marked cancelled and this process is killed;
+    - a run ended or re-queued by someone else (force-kill, the sweeper) kills this process at once.
+
+    Killing its own process is what makes sure only this run's work is hit: Celery replaces the
+    pool process, and a redelivered message finds the run ended and does nothing.
+    """
+
+    def __init__(self, ctx: JobContext, interval: float, lease: float, grace: float) -> None:
         super().__init__(name=f"heartbeat-{ctx.run_id}", daemon=True)
-        self.ctx, self.interval, self.lease = ctx, interval, lease
+        self.ctx, self.interval, self.lease, self.grace = ctx, interval, lease, grace
         self._stop_event = threading.Event()
+        self._cancel_seen_at: float | None = None
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             try:
                 status = service.heartbeat(self.ctx.run_id, self.lease)
-                if status in (S.CANCELLING, S.CANCELLED):
-                    self.ctx._cancel_seen.set()
                 self.ctx._flush()
             except Exception as exc:  # the database may be briefly away; the lease tells the sweeper
                 log.warning("heartbeat for run %s failed: %s", self.ctx.run_id, exc)
+                continue
+            if self._stop_event.is_set() or self.ctx._finishing:
+                return
+            self._enforce(status)
+
+    def _enforce(self, status: RunStatus) -> None:
+        if status is S.CANCELLING:
+            self.ctx._cancel_seen.set()
+            now = time.monotonic()
+            self._cancel_seen_at = self._cancel_seen_at or now
+            if now - self._cancel_seen_at >= self.grace:
+                service.mark_cancelled(self.ctx.run_id, f"Forced: still running {self.grace:g} s after the cancel "
+                                                        "request; its process was killed", stage="forced")
+                self._kill()
+        elif status not in (S.RUNNING, S.STALE):
+            log.warning("run %s is %s elsewhere; stopping its process", self.ctx.run_id, status.value)
+            self._kill()
+
+    def _kill(self) -> None:
+        if self.ctx._finishing:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -151,17 +184,21 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     settings = get_settings()
     job_type = get_registry().resolve(job_key)
     rid = uuid.UUID(run_id)
-    lease = max(settings.heartbeat_seconds * 4, 10.0)
+    lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
     if not service.start(rid, dispatch_attempt, worker or socket.gethostname(), lease):
         return "skipped"
     run = in_transaction(lambda s: s.get(Run, rid))
     ctx = JobContext(run, job_type, settings)
-    beat = Heartbeat(ctx, settings.heartbeat_seconds, lease)
+    beat = Heartbeat(ctx, settings.heartbeat_seconds, lease, settings.cancel_grace_seconds)
     beat.start()
     try:
         return _run_executor(ctx)
     finally:
+        ctx._finishing = True
         beat.stop()
+        from backend.queues.dispatcher import kick
+
+        kick(job_type.queue)  # this run's slot is free: let the next one in
 
 
 def _run_executor(ctx: JobContext) -> str:
@@ -169,29 +206,50 @@ def _run_executor(ctx: JobContext) -> str:
     try:
         config = job_type.config_model.model_validate(ctx.run.config)
         returned = job_type.load_executor()(ctx, config)
+        ctx._finishing = True
         ctx._flush()
         results = {**ctx.results, **(returned or {})}
         return _finish(ctx, results)
     except JobCancelled as exc:
+        ctx._finishing = True
         ctx._flush()
-        service.mark_cancelled(rid, exc.message)
+        service.mark_cancelled(rid, exc.message, stage="acknowledged")
         _seal_after_early_end(ctx)
         return "cancelled"
     except SoftTimeLimitExceeded:
-        service.time_out(rid, f"Ran longer than the {job_type.label} time limit of {job_type.timeout_seconds} s")
+        ctx._finishing = True
+        ended = service.time_out(rid, f"Ran longer than the {job_type.label} time limit of {job_type.timeout_seconds} s")
         _seal_after_early_end(ctx)
+        _auto_retry(ctx, ended)
         return "timed_out"
     except CuratoreError as exc:
+        ctx._finishing = True
         _flush_quietly(ctx)
-        service.fail(rid, exc.message, results=ctx.results or None)
+        ended = service.fail(rid, exc.message, results=ctx.results or None)
         _seal_after_early_end(ctx)
+        _auto_retry(ctx, ended and exc.retryable)
         return "failed"
     except Exception as exc:
+        ctx._finishing = True
         _flush_quietly(ctx)
         log.exception("run %s failed", rid)
-        service.fail(rid, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), results=ctx.results or None)
+        ended = service.fail(rid, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                             results=ctx.results or None)
         _seal_after_early_end(ctx)
+        _auto_retry(ctx, ended)
         return "failed"
+
+
+def _auto_retry(ctx: JobContext, eligible: bool) -> None:
+    """Per the type's retry policy, a failed or timed-out run gets a new attempt after a backoff."""
+    if not eligible or ctx.run.attempt >= ctx.job_type.retry_policy.max_attempts:
+        return
+    try:
+        from backend.queues.dispatch import schedule_retry
+
+        schedule_retry(ctx.run_id)
+    except Exception:  # noqa: BLE001 - the failure itself is recorded; a manual retry remains possible
+        log.exception("could not schedule an automatic retry of run %s", ctx.run_id)
 
 
 def _seal_after_early_end(ctx: JobContext) -> None:

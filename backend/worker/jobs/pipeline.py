@@ -71,6 +71,9 @@ def run(ctx: JobContext, config: PipelineConfig) -> dict[str, Any]:
         summary = _stage_summary(n, key, ended)
         ctx.results["stages"].append(summary)
         status = RunStatus(ended.status)
+        if status is not S.COMPLETED and _cancel_requested(ctx):
+            ctx.results["cancelled_at_stage"] = n  # the stage ended because this pipeline's cancel reached it
+            return ctx.results  # the run group (every stage ended) ends this run as cancelled
         if status is not S.COMPLETED:
             reason = ended.error_message or {S.CANCELLED: "it was cancelled", S.TIMED_OUT: "it timed out"}.get(
                 status, status.value)
@@ -100,6 +103,14 @@ def _wait_for(ctx: JobContext, child_id: uuid.UUID, n: int, total: int) -> Run |
             last_percent = percent
             ctx.progress(n - 1 + percent / 100, total)
         time.sleep(POLL_SECONDS)  # waiting on the child's status in the database (the signal), not a timer
+
+
+def _cancel_requested(ctx: JobContext) -> bool:
+    try:
+        ctx.check_cancelled()
+    except JobCancelled:
+        return True
+    return False
 
 
 def _cancel_child(ctx: JobContext, child_id: uuid.UUID) -> None:

@@ -49,29 +49,29 @@ def run(ctx: JobContext, config: SharePointSyncConfig) -> dict[str, Any]:
     if not token:
         ctx.warn("No SharePoint token is configured (CURATORE_SHAREPOINT_TOKEN); requests go without one", "config")
 
-    with common.RunHttpClient(ctx, base_url, "Microsoft Graph", secrets=[token]) as http:
-        drive = GraphDrive(http, config.drive_id, token)
-        ctx.info(f"{'Full listing' if full else 'Changes since the last sync'} of drive {config.drive_id} "
-                 f"at {base_url}", "scan_start", full_resync=full, folder_path=config.folder_path)
-        try:
-            listing = _scan(ctx, drive, None if full else state["delta_link"])
-        except DeltaExpired as exc:
-            ctx.warn(f"{exc.message}; listing the whole drive", "resync")
-            full, listing = True, _scan(ctx, drive, None)
-        _update_folders(folders, listing)
-        wanted, unchanged, gone = _plan(listing, folders, known, config.folder_path, full)
-        stored: list[Any] = []
-        try:
-            stored = _sync(ctx, drive, config, wanted, folders, known)
-        finally:  # what was stored stays known, even when the run stops here
-            common.save_state(org, CONNECTOR, sync_id, {**state, "items": known, "folders": folders})
-
-    _extract(ctx, stored)
-    deleted = _delete(ctx, sync_id, gone, known)
-    common.save_state(org, CONNECTOR, sync_id, {
-        "drive_id": config.drive_id, "delta_link": listing.delta_link, "items": known, "folders": folders,
-        "synced_at": utcnow().isoformat(),
-    })
+    listing, stored, deleted, done = Listing(), [], 0, False
+    try:
+        with common.RunHttpClient(ctx, base_url, "Microsoft Graph", secrets=[token]) as http:
+            drive = GraphDrive(http, config.drive_id, token)
+            ctx.info(f"{'Full listing' if full else 'Changes since the last sync'} of drive {config.drive_id} "
+                     f"at {base_url}", "scan_start", full_resync=full, folder_path=config.folder_path)
+            try:
+                listing = _scan(ctx, drive, None if full else state["delta_link"])
+            except DeltaExpired as exc:
+                ctx.warn(f"{exc.message}; listing the whole drive", "resync")
+                full, listing = True, _scan(ctx, drive, None)
+            _update_folders(folders, listing)
+            wanted, unchanged, gone = _plan(listing, folders, known, config.folder_path, full)
+            stored = _sync(ctx, drive, config, wanted, known)
+        _extract(ctx, known, skip=gone)
+        deleted = _delete(ctx, sync_id, gone, known)
+        done = True
+    finally:  # files stored stay known even when the run stops early; the delta link moves only when it got through
+        common.save_state(org, CONNECTOR, sync_id, {
+            "drive_id": config.drive_id, "items": known, "folders": folders,
+            "delta_link": listing.delta_link if done else state.get("delta_link"),
+            "synced_at": utcnow().isoformat() if done else state.get("synced_at"),
+        })
     return {"listed": listing.listed, "pages": listing.pages, "downloaded": len(stored), "unchanged": unchanged,
             "deleted": deleted, "extractions": ctx.children_spawned, "full_resync": full,
             "bytes": sum(a.size_bytes for a in stored)}
@@ -145,7 +145,7 @@ def _plan(listing: Listing, folders: dict[str, str], known: dict[str, dict[str, 
 
 
 def _sync(ctx: JobContext, drive: GraphDrive, config: SharePointSyncConfig, wanted: list[tuple[str, dict[str, Any]]],
-          folders: dict[str, str], known: dict[str, dict[str, Any]]) -> list[Any]:
+          known: dict[str, dict[str, Any]]) -> list[Any]:
     stored = []
     ctx.progress(0, len(wanted), phase="syncing", unit="files")
     for n, (path, item) in enumerate(wanted, 1):
@@ -156,8 +156,8 @@ def _sync(ctx: JobContext, drive: GraphDrive, config: SharePointSyncConfig, want
                                       collection_id=config.sync_config_id, external_id=item["id"],
                                       source=f"sharepoint:{config.drive_id}:{path}")
         changed = item["id"] in known
-        known[item["id"]] = {"etag": item.get("eTag"), "name": item.get("name"), "path": path,
-                             "asset_id": str(asset.id)}
+        known[item["id"]] = {"etag": item.get("eTag"), "name": asset.filename, "path": path,
+                             "asset_id": str(asset.id), "extract": True}
         stored.append(asset)
         ctx.info(f"{'Updated' if changed else 'Added'} {path} ({len(data):,} bytes)", "downloaded",
                  item_id=item["id"], asset_id=asset.id, bytes=len(data))
@@ -165,12 +165,15 @@ def _sync(ctx: JobContext, drive: GraphDrive, config: SharePointSyncConfig, want
     return stored
 
 
-def _extract(ctx: JobContext, stored: list[Any]) -> None:
-    ctx.progress(0, len(stored), phase="extracting", unit="files")
-    for n, asset in enumerate(stored, 1):
+def _extract(ctx: JobContext, known: dict[str, dict[str, Any]], skip: set[str]) -> None:
+    """One child extraction per stored file not yet extracted (this run's, or a stopped run's)."""
+    todo = [(item_id, entry) for item_id, entry in known.items() if entry.get("extract") and item_id not in skip]
+    ctx.progress(0, len(todo), phase="extracting", unit="files")
+    for n, (item_id, entry) in enumerate(todo, 1):
         ctx.check_cancelled()
-        ctx.spawn_child("extraction", {"asset_id": str(asset.id)}, display_name=asset.filename)
-        ctx.progress(n, len(stored), phase="extracting", item=asset.filename, unit="files")
+        ctx.spawn_child("extraction", {"asset_id": entry["asset_id"]}, display_name=entry["name"])
+        entry["extract"] = False
+        ctx.progress(n, len(todo), phase="extracting", item=entry["path"], unit="files")
 
 
 def _delete(ctx: JobContext, sync_id: str, gone: set[str], known: dict[str, dict[str, Any]]) -> int:

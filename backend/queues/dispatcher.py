@@ -1,0 +1,157 @@
+"""The dispatcher: pending runs leave the database for Celery only while their queue has a free slot.
+
+Order: priority first (4 is the most urgent); within a priority, the organization with the fewest runs
+active in the queue goes first (so one tenant cannot starve the others); then age. Every queue's limit
+(and a job type's own limit, when it has one) is enforced by counting submitted and running runs.
+
+A pass over a queue claims its runs in one transaction: on PostgreSQL under a per-queue advisory lock
+(concurrent dispatchers skip a queue another one is serving) with ``FOR UPDATE SKIP LOCKED`` on the
+pending rows; on SQLite the write lock serializes it. Claimed runs are published after the commit; a
+run whose publish fails goes back to pending and is tried again at the next pass.
+
+Passes run when a run is created, when a run ends, and on every worker node's sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+
+from backend.db.engine import in_transaction
+from backend.db.models import Run
+from backend.db.types import utcnow
+from backend.queues.registry import get_registry
+from backend.runs import service
+from backend.runs.states import RunStatus
+
+log = logging.getLogger(__name__)
+S = RunStatus
+OCCUPYING = (S.SUBMITTED, S.RUNNING, S.CANCELLING, S.STALE)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: uuid.UUID
+    run_type: str
+    organization_id: uuid.UUID
+    priority: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Claimed:
+    run_id: uuid.UUID
+    task_name: str
+    queue: str
+    attempt: int
+    task_id: str
+    timeout: int
+
+
+def fair_pick(
+    candidates: list[Candidate],
+    free: int,
+    org_active: dict[uuid.UUID, int],
+    type_active: dict[str, int],
+    type_limits: dict[str, int],
+) -> list[Candidate]:
+    """Choose up to ``free`` candidates: priority, then the least-served organization, then age.
+
+    A candidate whose job type is at its own limit is passed over (it does not block the others).
+    """
+    orgs, types = Counter(org_active), Counter(type_active)
+    remaining = sorted(candidates, key=lambda c: (-c.priority, c.created_at, c.id))
+    picked: list[Candidate] = []
+    while remaining and len(picked) < free:
+        remaining = [c for c in remaining if types[c.run_type] < type_limits.get(c.run_type, 1 << 30)]
+        if not remaining:
+            break
+        top = remaining[0].priority
+        tier = [c for c in remaining if c.priority == top]
+        best = min(tier, key=lambda c: (orgs[c.organization_id], c.created_at, c.id))
+        picked.append(best)
+        orgs[best.organization_id] += 1
+        types[best.run_type] += 1
+        remaining.remove(best)
+    return picked
+
+
+def _lock_key(queue: str) -> int:
+    return 0x44495300 + zlib.crc32(queue.encode()) % 100_000  # "DIS" + queue
+
+
+def _claim(session: Any, queue: str) -> list[Claimed]:
+    registry = get_registry()
+    if session.get_bind().dialect.name == "postgresql":
+        if not session.execute(select(func.pg_try_advisory_xact_lock(_lock_key(queue)))).scalar_one():
+            return []  # another dispatcher is serving this queue right now
+    limit = registry.queues[queue].max_concurrency
+    active = session.execute(
+        select(Run.organization_id, Run.run_type, func.count()).where(Run.queue == queue, Run.status.in_(OCCUPYING))
+        .group_by(Run.organization_id, Run.run_type)
+    ).all()
+    free = limit - sum(n for _, _, n in active)
+    if free <= 0:
+        return []
+    org_active: Counter[uuid.UUID] = Counter()
+    type_active: Counter[str] = Counter()
+    for org, run_type, n in active:
+        org_active[org] += n
+        type_active[run_type] += n
+    now = utcnow()
+    stmt = (
+        select(Run.id, Run.run_type, Run.organization_id, Run.priority, Run.created_at)
+        .where(Run.queue == queue, Run.status == S.PENDING, or_(Run.not_before.is_(None), Run.not_before <= now))
+        .order_by(Run.priority.desc(), Run.created_at, Run.id)
+        .limit(free * 10 + 50)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    candidates = [Candidate(*row) for row in session.execute(stmt).all()]
+    type_limits = {key: t.max_concurrency for key, t in registry.types.items() if t.max_concurrency}
+    for alias, key in registry.aliases.items():
+        if key in type_limits:
+            type_limits[alias] = type_limits[key]
+    claimed = []
+    for c in fair_pick(candidates, free, org_active, type_active, type_limits):
+        job_type = registry.resolve(c.run_type)
+        task_id = str(uuid.uuid4())
+        attempt = service.mark_submitted(c.id, task_id, session=session)
+        if attempt is not None:
+            claimed.append(Claimed(c.id, job_type.task_name, queue, attempt, task_id, job_type.timeout_seconds))
+    return claimed
+
+
+def dispatch_pending(queues: Iterable[str] | None = None) -> dict[uuid.UUID, Exception | None]:
+    """One pass over ``queues`` (default: all). Returns each published run with the publish error, if any."""
+    from backend.queues.dispatch import BROKER_ERRORS, publish
+
+    outcome: dict[uuid.UUID, Exception | None] = {}
+    for queue in sorted(set(queues or get_registry().queues)):
+        if queue not in get_registry().queues:
+            continue
+        for c in in_transaction(lambda s, q=queue: _claim(s, q)):
+            try:
+                publish(c.task_name, c.queue, c.run_id, c.attempt, c.task_id, c.timeout)
+                outcome[c.run_id] = None
+            except BROKER_ERRORS as exc:
+                outcome[c.run_id] = exc
+                service.requeue(c.run_id, f"The broker could not be reached ({type(exc).__name__}); "
+                                          "the run goes back to the queue")
+    return outcome
+
+
+def kick(queue: str) -> None:
+    """A dispatch pass for one queue that never raises (after a run ends, say)."""
+    try:
+        dispatch_pending([queue])
+    except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+        log.warning("dispatch pass for %s failed: %s", queue, exc)

@@ -1,0 +1,89 @@
+"""Recovery, judged by leases (never by creation time).
+
+A running run's worker renews its lease every heartbeat. :func:`sweep`, run by every worker node every
+``CURATORE_SWEEP_SECONDS`` (and by the maintenance job), then:
+
+1. marks ``stale`` a running run whose lease has expired (a heartbeat brings it back to running);
+2. re-queues a stale run whose lease expired more than two heartbeats ago, while the type's attempts allow
+   (``retry_policy.max_attempts`` dispatches), else ends it ``timed_out``;
+3. ends ``cancelled`` a cancelling run whose lease has expired (its process is gone);
+4. ends ``timed_out`` a run with no activity for longer than its type's timeout.
+
+Group parents whose own work is done hold no lease while their children run, so they are exempt.
+The database is the source of truth: nothing waits for Celery to redeliver a lost message.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from backend.config import get_settings
+from backend.db.engine import in_transaction
+from backend.db.models import Run
+from backend.db.types import utcnow
+from backend.queues.registry import get_registry
+from backend.runs import service
+from backend.runs.states import RunStatus
+
+log = logging.getLogger(__name__)
+S = RunStatus
+
+
+def _expired(statuses: tuple[RunStatus, ...], before: Any) -> list[Any]:
+    stmt = select(Run.id, Run.run_type, Run.dispatch_attempt, Run.lease_expires_at).where(
+        Run.status.in_(statuses), Run.lease_expires_at.is_not(None), Run.lease_expires_at < before
+    )
+    return list(in_transaction(lambda s: s.execute(stmt).all()))
+
+
+def sweep() -> dict[str, int]:
+    """One pass; returns how many runs each rule moved."""
+    settings = get_settings()
+    registry = get_registry()
+    now = utcnow()
+    counts = {"stale": 0, "requeued": 0, "timed_out": 0, "cancelled": 0, "inactive": 0}
+    for run_id, *_ in _expired((S.RUNNING,), now):
+        if service.mark_stale(run_id, "No heartbeat from its worker: its lease expired"):
+            counts["stale"] += 1
+    grace = now - timedelta(seconds=2 * settings.heartbeat_seconds)
+    for run_id, run_type, dispatches, lease in _expired((S.STALE,), grace):
+        job_type = registry.find(run_type)
+        attempts = job_type.retry_policy.max_attempts if job_type else 1
+        silent = int((now - lease).total_seconds())
+        if dispatches < attempts:
+            if service.requeue(run_id, f"Its worker was lost (no heartbeat for {silent} s past its lease); "
+                                       f"re-queued for dispatch {dispatches + 1} of {attempts}"):
+                counts["requeued"] += 1
+        elif service.time_out(run_id, f"Its worker was lost (no heartbeat for {silent} s past its lease) "
+                                      f"after {dispatches} dispatch(es); not re-queued again"):
+            counts["timed_out"] += 1
+    for run_id, *_ in _expired((S.CANCELLING,), now):
+        if service.mark_cancelled(run_id, "Cancelled: its worker stopped before acknowledging", stage="forced"):
+            counts["cancelled"] += 1
+    counts["inactive"] = _time_out_inactive(registry, now)
+    if any(counts.values()):
+        log.info("recovery sweep: %s", counts)
+    return counts
+
+
+def _time_out_inactive(registry: Any, now: Any) -> int:
+    stmt = select(Run.id, Run.run_type, Run.last_activity_at, Run.heartbeat_at).where(
+        Run.status.in_((S.RUNNING, S.STALE)),
+        or_(Run.is_group_parent.is_(False), Run.lease_expires_at.is_not(None)),
+    )
+    moved = 0
+    for run_id, run_type, activity, beat in in_transaction(lambda s: s.execute(stmt).all()):
+        job_type = registry.find(run_type)
+        last = max(t for t in (activity, beat) if t is not None) if (activity or beat) else None
+        if job_type is None or last is None:
+            continue
+        idle = (now - last).total_seconds()
+        if idle > job_type.timeout_seconds and service.time_out(
+            run_id, f"No activity for {int(idle)} s, longer than the {job_type.label} timeout of "
+                    f"{job_type.timeout_seconds} s"):
+            moved += 1
+    return moved
