@@ -48,6 +48,7 @@ class Page:
     next_cursor: str | None
     child_counts: dict[uuid.UUID, dict[str, int]] = field(default_factory=dict)
     queue_positions: dict[uuid.UUID, int] = field(default_factory=dict)
+    etas: dict[uuid.UUID, float] = field(default_factory=dict)  # seconds until a queued run should start
     org_slugs: dict[uuid.UUID, str] = field(default_factory=dict)
 
 
@@ -145,11 +146,14 @@ def page(q: ListQuery, cursor: str | None = None, limit: int = 50, session: Sess
             last = rows[-1]
             key = [last.priority, last.created_at, last.id] if q.sort == "priority" else [last.created_at, last.id]
             next_cursor = _encode(key)
+        queued = [r for r in rows if RunStatus(r.status) in QUEUED]
+        positions = queue_positions(queued, s)
         return Page(
             runs=rows,
             next_cursor=next_cursor,
             child_counts=child_counts([r.id for r in rows if r.is_group_parent], s),
-            queue_positions=queue_positions([r for r in rows if RunStatus(r.status) in QUEUED], s),
+            queue_positions=positions,
+            etas=_etas(queued, positions),
             org_slugs=_org_slugs({r.organization_id for r in rows}, s),
         )
 
@@ -183,6 +187,22 @@ def queue_positions(runs: list[Run], session: Session) -> dict[uuid.UUID, int]:
     wanted = {r.id for r in runs}
     rows = session.execute(select(inner.c.id, inner.c.position).where(inner.c.id.in_(wanted))).all()
     return {row.id: int(row.position) for row in rows}
+
+
+def _etas(queued: list[Run], positions: dict[uuid.UUID, int]) -> dict[uuid.UUID, float]:
+    from backend.queues.priority import eta_seconds, mean_durations
+
+    if not queued:
+        return {}
+    means = mean_durations({r.run_type for r in queued})
+    queues = get_registry().queues
+    etas = {}
+    for r in queued:
+        limit = queues[r.queue].max_concurrency if r.queue in queues else 1
+        eta = eta_seconds(positions.get(r.id, 0), limit, means.get(r.run_type))
+        if eta is not None:
+            etas[r.id] = eta
+    return etas
 
 
 def _org_slugs(org_ids: set[uuid.UUID], session: Session) -> dict[uuid.UUID, str]:

@@ -307,6 +307,21 @@ def start(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: 
     return in_transaction(write)
 
 
+def set_priority(run_id: uuid.UUID, priority: int, by: str, session: Session | None = None) -> int:
+    """Change a queued run's priority (a boost), with a ``boost`` log line."""
+
+    def write(s: Session) -> int:
+        old = s.execute(select(Run.priority).where(Run.id == run_id)).scalar_one()
+        s.execute(update(Run).where(Run.id == run_id).values(priority=priority))
+        event = _add_log(s, run_id, LogLevel.INFO, "boost", f"Priority {old} → {priority} (boosted by {by})",
+                         {"from": old, "to": priority, "by": by})
+        outbox.append(s, run_id, "log", {"event": _event_payload(event), "priority": priority})
+        after_commit(s, outbox.notify)
+        return priority
+
+    return in_transaction(write, session)
+
+
 def mark_stale(run_id: uuid.UUID, message: str) -> bool:
     return _change(run_id, S.STALE, message, level=LogLevel.WARN, expect={S.RUNNING}) is not None
 

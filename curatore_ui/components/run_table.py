@@ -27,8 +27,10 @@ def _name_cell(row: rx.Var[RunRow]) -> rx.Component:
 
 def _progress_cell(row: rx.Var[RunRow]) -> rx.Component:
     return rx.cond(
-        row.status == "pending",
-        rx.cond(row.queue_position > 0, rx.text(f"#{row.queue_position} in queue", size="1", color_scheme="gray"),
+        (row.status == "pending") | (row.status == "submitted"),
+        rx.cond(row.queue_position > 0,
+                rx.text(f"#{row.queue_position} in queue ", row.eta, size="1", color_scheme="gray",
+                        data_testid="queue-position"),
                 rx.fragment()),
         rx.vstack(
             rx.cond(row.has_percent, rx.progress(value=row.percent.to(int), max=100, size="1",

@@ -67,7 +67,8 @@ def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bo
     pg = listing.page(q, cursor, PAGE_SIZE)
     rows = [
         run_row(r, org_slug=pg.org_slugs.get(r.organization_id, ""), children=pg.child_counts.get(r.id),
-                queue_position=pg.queue_positions.get(r.id, 0), scoped_slug=org_slug if scoped else None)
+                queue_position=pg.queue_positions.get(r.id, 0), eta_seconds=pg.etas.get(r.id),
+                scoped_slug=org_slug if scoped else None)
         for r in pg.runs
     ]
     counts = listing.type_counts(q)

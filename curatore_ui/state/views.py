@@ -43,6 +43,7 @@ class RunRow:
     children_done: int = 0
     children_failed: int = 0
     queue_position: int = 0
+    eta: str = ""
     error: str = ""
     can_cancel: bool = False
     can_retry: bool = False
@@ -104,6 +105,14 @@ def duration(start: datetime | None, end: datetime | None, now: datetime | None 
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
+def duration_text(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str) if value not in (None, {}) else ""
 
@@ -132,6 +141,7 @@ def run_row(
     org_slug: str = "",
     children: dict[str, int] | None = None,
     queue_position: int = 0,
+    eta_seconds: float | None = None,
     scoped_slug: str | None = None,
 ) -> RunRow:
     job_type = get_registry().find(run.run_type)
@@ -167,6 +177,7 @@ def run_row(
         children_done=children.get("completed", 0),
         children_failed=children.get("failed", 0) + children.get("cancelled", 0),
         queue_position=queue_position,
+        eta=f"~{duration_text(eta_seconds)}" if eta_seconds is not None else "",
         error=run.error_message or "",
         can_cancel=bool(caps and caps.cancel and status.is_active and status is not RunStatus.CANCELLING),
         can_retry=bool(caps and caps.retry and status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED)),
