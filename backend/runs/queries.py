@@ -35,6 +35,7 @@ class RunFilter:
     parent_run_id: uuid.UUID | None = None
     resource_type: str | None = None
     resource_id: str | None = None
+    retry_of: uuid.UUID | None = None
 
 
 def list_runs(
@@ -58,6 +59,8 @@ def list_runs(
         query = query.where(Run.resource_type == flt.resource_type)
     if flt.resource_id:
         query = query.where(Run.resource_id == flt.resource_id)
+    if flt.retry_of:
+        query = query.where(Run.retry_of == flt.retry_of)
     if before is not None:
         created, rid = before
         query = query.where(or_(Run.created_at < created, and_(Run.created_at == created, Run.id < rid)))

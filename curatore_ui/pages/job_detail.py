@@ -28,6 +28,22 @@ def _facts(items: rx.Var[list[LinkItem]]) -> rx.Component:
     )
 
 
+def _kill_button() -> rx.Component:
+    return rx.alert_dialog.root(
+        rx.alert_dialog.trigger(rx.button(rx.icon("skull", size=16), "Force kill", color_scheme="red",
+                                          variant="outline", data_testid="kill-button")),
+        rx.alert_dialog.content(
+            rx.alert_dialog.title("Force-kill this run?"),
+            rx.alert_dialog.description("Its process is killed at once and the run is marked failed. "
+                                        "Work in progress is lost."),
+            rx.hstack(rx.alert_dialog.cancel(rx.button("Keep it running", variant="soft", color_scheme="gray")),
+                      rx.alert_dialog.action(rx.button("Force kill", color_scheme="red", on_click=S.force_kill,
+                                                       data_testid="confirm-kill")),
+                      justify="end", spacing="3", margin_top="1rem"),
+        ),
+    )
+
+
 def _header() -> rx.Component:
     return rx.vstack(
         rx.link("← All jobs", href=rx.cond(S.scoped_slug != "", f"/orgs/{S.scoped_slug}/jobs", "/system/jobs"),
@@ -41,6 +57,9 @@ def _header() -> rx.Component:
                                                 variant="soft", on_click=S.cancel, data_testid="cancel-button")),
             rx.cond(S.run.can_retry, rx.button(rx.icon("rotate-ccw", size=16), "Retry", variant="soft",
                                                on_click=S.retry, data_testid="retry-button")),
+            rx.cond(S.run.can_boost, rx.button(rx.icon("chevrons-up", size=16), "Boost", variant="soft",
+                                               on_click=S.boost, data_testid="boost-button")),
+            rx.cond(S.run.can_kill, _kill_button()),
             align="center", width="100%", wrap="wrap",
         ),
         rx.hstack(

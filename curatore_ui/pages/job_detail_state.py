@@ -43,6 +43,9 @@ def _snapshot(run_id: str, scoped_slug: str | None) -> dict[str, Any]:
     if run.retry_of:
         related.append(LinkItem("Retry of", str(run.retry_of)[:8], run_href(run.retry_of, scoped_slug),
                                 "rotate-ccw", "gray"))
+    for retry in queries.list_runs(queries.RunFilter(retry_of=run.id), limit=5):
+        related.append(LinkItem("Retried as", f"attempt {retry.attempt} · {str(retry.id)[:8]}",
+                                run_href(retry.id, scoped_slug), "rotate-cw", "gray"))
     if job_type and job_type.resource_link:
         link = job_type.resource_link(run.config or {}, slug)
         if link:
@@ -195,6 +198,24 @@ class JobDetailState(rx.State):
             self.notice = exc.message
             return None
         return rx.redirect(run_href(new.id, self.scoped_slug or None))
+
+    @rx.event
+    async def force_kill(self) -> None:
+        try:
+            await asyncio.to_thread(service.force_kill, uuid.UUID(self.run.id), "admin")
+            self.notice = "Force-killed"
+        except CuratoreError as exc:
+            self.notice = exc.message
+
+    @rx.event
+    async def boost(self) -> None:
+        from backend.queues.priority import boost
+
+        try:
+            priority = await asyncio.to_thread(boost, uuid.UUID(self.run.id), "admin")
+            self.notice = f"Boosted to priority {priority}"
+        except CuratoreError as exc:
+            self.notice = exc.message
 
     @rx.var
     def is_active(self) -> bool:

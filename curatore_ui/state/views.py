@@ -47,6 +47,8 @@ class RunRow:
     error: str = ""
     can_cancel: bool = False
     can_retry: bool = False
+    can_boost: bool = False
+    can_kill: bool = False
 
 
 @dataclasses.dataclass
@@ -181,6 +183,8 @@ def run_row(
         error=run.error_message or "",
         can_cancel=bool(caps and caps.cancel and status.is_active and status is not RunStatus.CANCELLING),
         can_retry=bool(caps and caps.retry and status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED)),
+        can_boost=bool(caps and caps.boost and status in (RunStatus.PENDING, RunStatus.SUBMITTED) and run.priority < 4),
+        can_kill=status in (RunStatus.RUNNING, RunStatus.CANCELLING, RunStatus.STALE),
     )
 
 
