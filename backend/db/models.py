@@ -230,3 +230,72 @@ class ScheduledTask(SQLModel, table=True):
     last_run_at: datetime | None = _ts()
     next_run_at: datetime | None = _ts()
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    email: str = Field(max_length=320, unique=True, index=True)  # stored lower-case
+    name: str = Field(default="", max_length=200)
+    password_hash: str = Field(max_length=500)  # argon2
+    is_system_admin: bool = False
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+class Membership(SQLModel, table=True):
+    """A user's role in an organization: viewer, member or admin."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (Index("uq_memberships_user_org", "user_id", "organization_id", unique=True),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE")
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id", ondelete="CASCADE", index=True)
+    role: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the REST API; only its SHA-256 is stored, the token is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    name: str = Field(max_length=200)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    prefix: str = Field(max_length=16)  # the first characters, to recognise a token in lists
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    expires_at: datetime | None = _ts()
+    last_used_at: datetime | None = _ts()
+    revoked_at: datetime | None = _ts()
+
+
+class LoginSession(SQLModel, table=True):
+    """A browser login; only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "login_sessions"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    secret_hash: str = Field(max_length=64, unique=True, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    expires_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    revoked_at: datetime | None = _ts()
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who submitted, cancelled, retried, boosted or force-killed what."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_run", "run_id", "id"), Index("ix_audit_log_org", "organization_id", "id"))
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    actor: str = Field(max_length=320)  # a user's email, "token:<prefix>", "cli", "system"
+    action: str = Field(max_length=40)  # submit, cancel, retry, boost, force_kill, ...
+    organization_id: uuid.UUID | None = None
+    run_id: uuid.UUID | None = None
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
