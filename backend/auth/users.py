@@ -1,0 +1,133 @@
+"""Users, memberships and roles; browser login sessions; API tokens."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from backend.auth.passwords import digest, hash_password, new_secret, verify_password
+from backend.db.engine import in_transaction
+from backend.db.models import ApiToken, LoginSession, Membership, Organization, User
+from backend.db.types import utcnow
+from backend.errors import CuratoreError, NotFound
+
+ROLES = ("viewer", "member", "admin")
+SESSION_HOURS = 12
+MIN_PASSWORD = 8
+
+
+def create_user(email: str, password: str, *, name: str = "", system_admin: bool = False) -> User:
+    email = email.strip().lower()
+    if "@" not in email:
+        raise CuratoreError(f"{email!r} is not an email address.")
+    if len(password) < MIN_PASSWORD:
+        raise CuratoreError(f"A password needs at least {MIN_PASSWORD} characters.")
+
+    def write(s: Any) -> User:
+        if s.execute(select(User.id).where(User.email == email)).scalar_one_or_none():
+            raise CuratoreError(f"A user {email} exists already.")
+        user = User(email=email, name=name or email.split("@")[0], password_hash=hash_password(password),
+                    is_system_admin=system_admin)
+        s.add(user)
+        s.flush()
+        return user
+
+    return in_transaction(write)
+
+
+def get_user(email: str) -> User:
+    user = in_transaction(lambda s: s.execute(select(User).where(User.email == email.strip().lower()))
+                          .scalar_one_or_none())
+    if user is None:
+        raise NotFound(f"No user {email}.")
+    return user
+
+
+def set_role(user_id: uuid.UUID, organization_id: uuid.UUID, role: str) -> None:
+    if role not in ROLES:
+        raise CuratoreError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
+
+    def write(s: Any) -> None:
+        changed = s.execute(update(Membership).where(Membership.user_id == user_id,
+                                                     Membership.organization_id == organization_id)
+                            .values(role=role)).rowcount
+        if not changed:
+            s.add(Membership(user_id=user_id, organization_id=organization_id, role=role))
+
+    in_transaction(write)
+
+
+def memberships(user_id: uuid.UUID) -> list[tuple[Organization, str]]:
+    stmt = (select(Organization, Membership.role).join(Membership, Membership.organization_id == Organization.id)
+            .where(Membership.user_id == user_id).order_by(Organization.slug))
+    return [(org, role) for org, role in in_transaction(lambda s: s.execute(stmt).all())]
+
+
+def authenticate(email: str, password: str) -> User | None:
+    """The user with this email and password, or None (same answer for an unknown email)."""
+    user = in_transaction(lambda s: s.execute(select(User).where(User.email == email.strip().lower()))
+                          .scalar_one_or_none())
+    if user is None or user.disabled:
+        verify_password(hash_password("timing-equalizer"), password)
+        return None
+    return user if verify_password(user.password_hash, password) else None
+
+
+# --------------------------------------------------------------------------- browser sessions
+
+
+def start_session(user_id: uuid.UUID, hours: float = SESSION_HOURS) -> str:
+    secret = new_secret("ses")
+    in_transaction(lambda s: s.add(LoginSession(user_id=user_id, secret_hash=digest(secret),
+                                                expires_at=utcnow() + timedelta(hours=hours))))
+    return secret
+
+
+def user_for_session(secret: str) -> User | None:
+    if not secret:
+        return None
+    stmt = (select(User).join(LoginSession, LoginSession.user_id == User.id)
+            .where(LoginSession.secret_hash == digest(secret), LoginSession.revoked_at.is_(None),
+                   LoginSession.expires_at > utcnow(), User.disabled.is_(False)))
+    return in_transaction(lambda s: s.execute(stmt).scalar_one_or_none())
+
+
+def end_session(secret: str) -> None:
+    in_transaction(lambda s: s.execute(update(LoginSession).where(LoginSession.secret_hash == digest(secret))
+                                       .values(revoked_at=utcnow())))
+
+
+# --------------------------------------------------------------------------- API tokens
+
+
+def create_token(user_id: uuid.UUID, name: str, days: int | None = None) -> tuple[ApiToken, str]:
+    """A new API token; the secret is returned once and only its hash is stored."""
+    secret = new_secret("cur")
+    token = ApiToken(user_id=user_id, name=name, token_hash=digest(secret), prefix=secret[:10],
+                     expires_at=utcnow() + timedelta(days=days) if days else None)
+    in_transaction(lambda s: s.add(token))
+    return token, secret
+
+
+def user_for_token(secret: str) -> User | None:
+    stmt = (select(User, ApiToken.id).join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.token_hash == digest(secret), ApiToken.revoked_at.is_(None), User.disabled.is_(False)))
+
+    def read(s: Any) -> User | None:
+        row = s.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        token = s.get(ApiToken, row[1])
+        if token.expires_at is not None and token.expires_at <= utcnow():
+            return None
+        token.last_used_at = utcnow()
+        return row[0]
+
+    return in_transaction(read)
+
+
+def revoke_token(token_id: uuid.UUID) -> None:
+    in_transaction(lambda s: s.execute(update(ApiToken).where(ApiToken.id == token_id).values(revoked_at=utcnow())))
