@@ -8,9 +8,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from backend import audit
+from backend import audit, schedules
 from backend.auth.access import Principal
-from backend.db.models import Run
+from backend.db.models import Run, ScheduledTask
+from backend.errors import RunNotFound
 from backend.queues import dispatch, priority
 from backend.runs import cancellation, queries, service
 from backend.runs.states import RunStatus
@@ -19,7 +20,8 @@ from backend.runs.states import RunStatus
 def visible_run(principal: Principal, run_id: uuid.UUID | str) -> Run:
     """The run, if the principal may see it (else NotFound, as if it did not exist)."""
     run = queries.get_run(run_id)
-    principal.require("view", run.organization_id)
+    if principal.role_in(run.organization_id) is None:  # the same answer as for a run that does not exist
+        raise RunNotFound(f"No run with id {run.id}.")
     return run
 
 
@@ -62,3 +64,32 @@ def force_kill(principal: Principal, run_id: uuid.UUID | str) -> bool:
     done = service.force_kill(run.id, principal.name)
     audit.record(principal.name, "force_kill", organization_id=run.organization_id, run_id=run.id, applied=done)
     return done
+
+
+# --------------------------------------------------------------------------- scheduled tasks (admins of their organization)
+
+
+def visible_schedule(principal: Principal, name: str) -> ScheduledTask:
+    """The scheduled task, if the principal may see it (else NotFound, as if it did not exist)."""
+    task = schedules.get_schedule(name)
+    if principal.role_in(task.organization_id) is None:  # the same answer as for a task that does not exist
+        raise schedules.ScheduleNotFound(f"No scheduled task {name!r}.")
+    return task
+
+
+def set_schedule_enabled(principal: Principal, name: str, enabled: bool) -> ScheduledTask:
+    task = visible_schedule(principal, name)
+    principal.require("manage", task.organization_id)
+    task = schedules.enable(name) if enabled else schedules.disable(name)
+    audit.record(principal.name, "schedule_enable" if enabled else "schedule_disable",
+                 organization_id=task.organization_id, schedule=name)
+    return task
+
+
+def trigger_schedule(principal: Principal, name: str) -> Run:
+    task = visible_schedule(principal, name)
+    principal.require("manage", task.organization_id)
+    run = schedules.trigger_now(name, by=principal.name)
+    audit.record(principal.name, "schedule_trigger", organization_id=task.organization_id, run_id=run.id,
+                 schedule=name)
+    return run

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     sweep_seconds: float = 5.0
     # Boosts per organization per minute.
     boosts_per_minute: int = 10
+    # Finished runs and their logs older than this are removed by the retention maintenance job.
+    retention_days: int = 30
     # The live bridge reads the outbox at least this often (Redis wake-ups make it immediate).
     live_poll_seconds: float = 0.5
     progress_min_interval: float = 0.25

@@ -59,8 +59,12 @@ def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload:
     from backend.auth.orgs import ensure_org
     from backend.db.migrate import upgrade
 
+    from backend.auth.bootstrap import ensure_first_admin
+
     upgrade()
-    org = ensure_org(get_settings().default_org_slug, "Demo")
+    settings = get_settings()
+    org = ensure_org(settings.default_org_slug, "Demo")
+    email, password = ensure_first_admin(org, settings.data_dir)
     print(f"curatore dev: database ready; organization '{org.slug}'", flush=True)
     procs = children(port, backend_port, ui, reload)
     stopping = False
@@ -76,7 +80,8 @@ def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload:
         child.proc = subprocess.Popen(child.argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)
         print(f"curatore dev: started {child.name} (pid {child.proc.pid})", flush=True)
     if ui:
-        print(f"curatore dev: open http://localhost:{port}/system/jobs", flush=True)
+        print(f"curatore dev: open http://localhost:{port}/ and sign in as {email} with password "
+              f"{password or '(the one you set)'}", flush=True)
     code = 0
     while not stopping:
         for child in procs:

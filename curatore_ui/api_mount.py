@@ -1,14 +1,7 @@
-"""FastAPI app mounted into the Reflex backend through ``api_transformer``.
+"""FastAPI app mounted into the Reflex backend through ``api_transformer``: the ops REST API under
+``/api/v1/ops`` (OpenAPI at ``/api/v1/openapi.json``, docs at ``/api/v1/docs``), ``/api/v1/health`` and the
+Prometheus ``/metrics`` (see ``backend/api``)."""
 
-Placeholder until the ops routers from ``backend/api`` are mounted here.
-"""
+from backend.api.app import create_api
 
-from fastapi import FastAPI
-
-api = FastAPI(title="Curatore Jobs API", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-@api.get("/api/v1/health")
-async def health() -> dict[str, str]:
-    """Report that the API process is up."""
-    return {"status": "ok"}
+api = create_api()

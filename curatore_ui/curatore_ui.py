@@ -4,14 +4,16 @@ import reflex as rx
 
 from curatore_ui.api_mount import api
 from curatore_ui.live import bridge
-from curatore_ui.pages import asset, home, job_detail, jobs_list, queues, sync_config
+from curatore_ui.pages import asset, home, job_detail, jobs_list, login, queues, sync_config
 from curatore_ui.pages.job_detail_state import JobDetailState
 from curatore_ui.pages.jobs_list_state import JobsListState
+from curatore_ui.state.session import SessionState
 
 app = rx.App(api_transformer=api)
 app.register_lifespan_task(bridge.run)
 
-app.add_page(home.index, route="/", title="Curatore Jobs")
+app.add_page(home.index, route="/", title="Curatore Jobs", on_load=SessionState.home)
+app.add_page(login.page, route="/login", title="Sign in · Curatore")
 for route in ("/system/jobs", "/orgs/[slug]/jobs"):
     app.add_page(jobs_list.page, route=route, title="Jobs · Curatore", on_load=JobsListState.load)
 for route in ("/system/jobs/[run_id]", "/orgs/[slug]/jobs/[run_id]"):

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from backend.config import get_settings
 from backend.runs import outbox
 
 log = logging.getLogger("curatore.live")
+FORGET_AFTER_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +44,11 @@ class Watch:
     resources: tuple[tuple[str, str], ...] = ()  # (resource_type, resource_id) pairs
     since_seq: int = 0
     page: bool = True  # a page's watch; False for a panel's, which lives beside the page's
+    visible_orgs: frozenset[str] | None = None  # the client's organizations (None: all, a system admin)
 
     def matches(self, event: dict[str, Any]) -> bool:
+        if self.visible_orgs is not None and event["organization_id"] not in self.visible_orgs:
+            return False  # scoping comes before anything is pushed
         run = event["payload"].get("run", {})
         if self.run_id and event["run_id"] == self.run_id:
             return True
@@ -70,6 +75,7 @@ class Bridge:
         self._wake = asyncio.Event()
         self._token_locks: dict[str, asyncio.Lock] = {}
         self._catch_ups: list[tuple[str, Watch]] = []
+        self._seen: dict[str, float] = {}  # token -> when it was last seen connected
         self._loop: asyncio.AbstractEventLoop | None = None
         self.delivered = 0
 
@@ -85,6 +91,12 @@ class Bridge:
         mine[watch.state] = watch
         self._catch_ups.append((token, watch))
         self.wake()
+
+    @staticmethod
+    def scope(principal: Any) -> frozenset[str] | None:
+        """The ``visible_orgs`` of a watch for this principal."""
+        orgs = principal.visible_orgs()
+        return None if orgs is None else frozenset(str(o) for o in orgs)
 
     def unwatch(self, token: str, state: type[rx.State] | None = None) -> None:
         if state is None:
@@ -191,13 +203,19 @@ class Bridge:
         await self.app.event_namespace.emit_update(StateUpdate(events=events), token)
 
     def _forget_disconnected(self) -> None:
+        """Drop the watches of clients gone for a while (a reload reconnects with the same token, and its
+        old socket's disconnect may be handled after the new one's connect)."""
         if self.app is None or self.app.event_namespace is None:
             return
         connected = self.app.event_namespace.token_to_sid
+        now = time.monotonic()
         for token in list(self.watches):
-            if token not in connected:
+            if token in connected:
+                self._seen[token] = now
+            elif now - self._seen.setdefault(token, now) > FORGET_AFTER_SECONDS:
                 self.watches.pop(token, None)
                 self._token_locks.pop(token, None)
+                self._seen.pop(token, None)
 
 
 bridge = Bridge()

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from backend.queues.configs import JobConfig
-from backend.queues.registry import JobType
+from backend.queues.registry import JobType, RetryPolicy
 
 
 class GatedStepsConfig(JobConfig):
@@ -45,4 +45,9 @@ def run_gated_steps(ctx: Any, config: GatedStepsConfig) -> dict[str, Any]:
 JOB_TYPES = [
     JobType("test_steps", "Test Steps", "flask-conical", "pink", "default", 120, ("first_half", "second_half"),
             GatedStepsConfig, run_gated_steps, description="Steps released by a test"),
+    # The same steps with a retry policy of three dispatches: a run whose worker is lost is re-queued (chaos tests).
+    JobType("test_steps_retry", "Test Steps (retried)", "flask-conical", "pink", "default", 120,
+            ("first_half", "second_half"), GatedStepsConfig, run_gated_steps,
+            description="Steps released by a test; re-queued up to three dispatches",
+            retry_policy=RetryPolicy(max_attempts=3, backoff_seconds=1)),
 ]

@@ -19,6 +19,7 @@ from backend.connectors.http import FetchFailed, FetchRefused, HttpClient
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ConnectorState, ExternalRecord
 from backend.db.types import utcnow
+from backend.errors import CuratoreError
 from backend.storage.assets import store_bytes
 
 if TYPE_CHECKING:
@@ -26,6 +27,14 @@ if TYPE_CHECKING:
 
 
 # --------------------------------------------------------------------------- HTTP
+
+
+def secret_setting(settings: Any, name: str) -> str | None:
+    """A credential from the settings (a plain string or a pydantic ``SecretStr``), None when unset."""
+    value = getattr(settings, name, None)
+    if hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    return value or None
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
@@ -51,7 +60,9 @@ class RunHttpClient(HttpClient):
             return super().request(method, url, **kwargs)
         except (FetchFailed, FetchRefused) as exc:  # the URL in the message may carry an API key
             details = {k: redact(v, self.secrets) if isinstance(v, str) else v for k, v in exc.details.items()}
-            raise type(exc)(redact(exc.message, self.secrets), **details) from None
+            clean = type(exc)(redact(exc.message, self.secrets), **details)
+            clean.retryable = exc.retryable
+            raise clean from None
 
     def get_following(self, url: str, *, headers: dict[str, str] | None = None, max_hops: int = 5) -> httpx.Response:
         """GET, following redirects; every hop goes through the address guard, and headers (a bearer
@@ -73,6 +84,14 @@ class RunHttpClient(HttpClient):
             "retry", reason=reason, attempt=attempt, delay_seconds=round(delay, 3), request=self._current,
         )
         self.ctx.check_cancelled()
+
+
+def as_error(cls: type[CuratoreError], message: str, cause: FetchFailed) -> CuratoreError:
+    """``cls(message)`` with the failed request's status, retryable (by the type's policy) only when the
+    cause was transient (5xx, 429, no answer), not when the service said no (401, 404...)."""
+    error = cls(message, status=cause.details.get("status"))
+    error.retryable = cause.retryable
+    return error
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

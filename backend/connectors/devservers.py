@@ -278,7 +278,8 @@ class GraphServer(ProtocolServer):
                 item = self._items.get(c.group(1))
             if item is None or item.deleted or item.is_folder:
                 return _graph_error(404, "itemNotFound", "The resource could not be found.")
-            return Response(302, headers={"Location": self.url(f"{self.prefix}/download/{item.id}?sig=v{item.version}")})
+            download = self.url(f"{self.prefix}/download/{item.id}?sig=v{item.version}")
+            return Response(302, headers={"Location": download})
         return _graph_error(400, "invalidRequest", f"Unsupported request {path}")
 
     def _delta(self, token: str | None) -> Response:
@@ -287,7 +288,8 @@ class GraphServer(ProtocolServer):
                 since, snapshot, offset = _parse_token(token, self._seq)
             except ValueError:
                 return _graph_error(400, "invalidRequest", "Invalid delta token.")
-            if token and since < self._expired_before:
+            issued = snapshot if token and "." in token else since  # the sequence number it was issued at
+            if token and issued < self._expired_before:
                 return _graph_error(410, "resyncRequired", "Resync required. Replace any local items with the "
                                     "server's version (including deletes) if you're sure that the service was up "
                                     "to date with your local changes when you last sync'd.")
@@ -315,7 +317,8 @@ class GraphServer(ProtocolServer):
         data: dict[str, Any] = {"id": item.id, "parentReference": {"driveId": self.drive_id, "id": item.parent_id}}
         if item.deleted:
             return data | {"deleted": {"state": "deleted"}}
-        data |= {"name": item.name, "eTag": f'"{{{item.id}}},{item.version}"', "cTag": f'"c:{{{item.id}}},{item.version}"',
+        data |= {"name": item.name, "eTag": f'"{{{item.id}}},{item.version}"',
+                 "cTag": f'"c:{{{item.id}}},{item.version}"',
                  "lastModifiedDateTime": item.modified.strftime("%Y-%m-%dT%H:%M:%SZ"), "size": len(item.content)}
         if item.id == "root":
             return data | {"root": {}, "folder": {"childCount": 0}, "parentReference": {"driveId": self.drive_id}}
@@ -500,8 +503,10 @@ def sample_forecasts() -> ForecastServer:
         {"id": f"FC-{n:03d}", "title": title, "agency": agency, "naics": naics, "fiscal_year": 2026,
          "estimated_value": value}
         for n, (title, agency, naics, value) in enumerate([
-            ("Network modernization", "GSA", "541512", 2_500_000), ("Records digitization", "NARA", "518210", 900_000),
-            ("Cybersecurity assessment", "DHS", "541519", 1_200_000), ("Facilities maintenance", "VA", "561210", 400_000),
+            ("Network modernization", "GSA", "541512", 2_500_000),
+            ("Records digitization", "NARA", "518210", 900_000),
+            ("Cybersecurity assessment", "DHS", "541519", 1_200_000),
+            ("Facilities maintenance", "VA", "561210", 400_000),
             ("Training services", "DOL", "611430", 150_000),
         ], 1)
     ])

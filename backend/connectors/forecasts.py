@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from backend.connectors.common import RunHttpClient
+from backend.connectors.common import RunHttpClient, as_error
 from backend.connectors.http import FetchFailed
 from backend.errors import CuratoreError
 
@@ -80,8 +80,7 @@ class ForecastClient:
         try:
             response = self.http.get_following(url)
         except FetchFailed as exc:
-            raise ForecastError(f"The forecast API failed on page {number}: {exc.message}",
-                                status=exc.details.get("status")) from None
+            raise as_error(ForecastError, f"The forecast API failed on page {number}: {exc.message}", exc) from None
         try:
             data = response.json()
         except ValueError:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from backend.connectors.common import RunHttpClient
+from backend.connectors.common import RunHttpClient, as_error
 from backend.connectors.http import FetchFailed
 from backend.errors import CuratoreError
 
@@ -76,16 +76,17 @@ class GraphDrive:
         except FetchFailed as exc:
             status = exc.details.get("status")
             detail = _graph_error(exc.details.get("body") or "")
+            drive = self.drive_id
             if status == 410:
-                raise DeltaExpired(f"Microsoft Graph: the delta link of drive {self.drive_id} expired ({detail})") from None
-            if status in (401, 403):
-                raise GraphError(f"Microsoft Graph refused {what} on drive {self.drive_id} (HTTP {status} {detail}). "
-                                 "Check the token in CURATORE_SHAREPOINT_TOKEN.", status=status) from None
-            if status == 404:
-                raise GraphError(f"Microsoft Graph: {what} on drive {self.drive_id}: not found (HTTP 404 {detail}).",
-                                 status=status) from None
-            raise GraphError(f"Microsoft Graph: {what} on drive {self.drive_id} failed: {exc.message}",
-                             status=status) from None
+                message, cls = f"Microsoft Graph: the delta link of drive {drive} expired ({detail})", DeltaExpired
+            elif status in (401, 403):
+                message, cls = (f"Microsoft Graph refused {what} on drive {drive} (HTTP {status} {detail}). "
+                                "Check the token in CURATORE_SHAREPOINT_TOKEN."), GraphError
+            elif status == 404:
+                message, cls = f"Microsoft Graph: {what} on drive {drive}: not found (HTTP 404 {detail}).", GraphError
+            else:
+                message, cls = f"Microsoft Graph: {what} on drive {drive} failed: {exc.message}", GraphError
+            raise as_error(cls, message, exc) from None
 
 
 def _graph_error(body: str) -> str:

@@ -106,8 +106,10 @@ class HttpClient:
                 self._wait(f"HTTP {response.status_code}", attempt, wait)
                 continue
             if response.is_error:
-                raise FetchFailed(f"{method} {full} answered HTTP {response.status_code}: {response.text[:200]}",
-                                  status=response.status_code, url=full, body=response.text[:2000])
+                error = FetchFailed(f"{method} {full} answered HTTP {response.status_code}: {response.text[:200]}",
+                                    status=response.status_code, url=full, body=response.text[:2000])
+                error.retryable = response.status_code in RETRY_STATUSES or response.status_code >= 500
+                raise error
             return response
         raise AssertionError("unreachable")
 

@@ -15,7 +15,7 @@ from datetime import date
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from backend.connectors.common import RunHttpClient, filename_from
+from backend.connectors.common import RunHttpClient, as_error, filename_from
 from backend.connectors.http import FetchFailed
 from backend.errors import CuratoreError
 
@@ -102,9 +102,10 @@ class SamClient:
             status = exc.details.get("status")
             detail = _sam_error(exc.details.get("body") or "")
             if status in (401, 403):
-                raise SamError(f"SAM.gov refused {what} (HTTP {status} {detail}). "
-                               "Check the API key in CURATORE_SAM_API_KEY.", status=status) from None
-            raise SamError(f"SAM.gov: {what} failed: {exc.message}", status=status) from None
+                message = f"SAM.gov refused {what} (HTTP {status} {detail}). Check the API key in CURATORE_SAM_API_KEY."
+            else:
+                message = f"SAM.gov: {what} failed: {exc.message}"
+            raise as_error(SamError, message, exc) from None
 
 
 def _sam_error(body: str) -> str:

@@ -53,8 +53,9 @@ def boost(run_id: uuid.UUID, by: str) -> int:
     return new
 
 
-def mean_durations(run_types: set[str], sample: int = 50) -> dict[str, float]:
-    """Mean duration in seconds of the last ``sample`` completed runs of each type."""
+def mean_durations(run_types: set[str], sample: int = 50, session: Any = None) -> dict[str, float]:
+    """Mean duration in seconds of the last ``sample`` completed runs of each type (in ``session`` if given:
+    on SQLite a second transaction opened inside another would wait for its write lock)."""
 
     def read(s: Any) -> dict[str, float]:
         out = {}
@@ -68,7 +69,7 @@ def mean_durations(run_types: set[str], sample: int = 50) -> dict[str, float]:
                 out[run_type] = sum((c - st).total_seconds() for st, c in rows) / len(rows)
         return out
 
-    return in_transaction(read)
+    return in_transaction(read, session)
 
 
 def eta_seconds(position: int, queue_limit: int, mean_duration: float | None) -> float | None:

@@ -199,7 +199,7 @@ def builtin_types() -> list[JobType]:
             "scrape", "Web Scrape", "globe", "teal", "scrape", 1800, ("crawling", "extracting"),
             c.ScrapeConfig, f"{J}.scrape:run",
             description="Same-site crawl from a start URL", resource_type="collection",
-            resource_id_field="collection_id", has_child_jobs=True,
+            resource_id_field="collection_id",
             resource_link=_link("Collection", "library", "teal", "collections", "collection_id"),
         ),
         JobType(

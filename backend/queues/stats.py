@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,12 +20,18 @@ S = RunStatus
 MAX_SAMPLE = 50_000
 
 
-def queue_depths() -> list[dict[str, Any]]:
-    """Per registry queue: pending, running and the concurrency limit."""
+def _in_orgs(organization_ids: Collection[uuid.UUID] | None) -> list[Any]:
+    return [] if organization_ids is None else [Run.organization_id.in_(list(organization_ids))]
+
+
+def queue_depths(organization_ids: Collection[uuid.UUID] | None = None) -> list[dict[str, Any]]:
+    """Per registry queue: pending, running and the concurrency limit (runs of ``organization_ids`` only,
+    when given)."""
 
     def read(s: Any) -> dict[tuple[str, str], int]:
         rows = s.execute(select(Run.queue, Run.status, func.count()).where(Run.status.in_(
-            (S.PENDING, S.SUBMITTED, S.RUNNING, S.CANCELLING, S.STALE))).group_by(Run.queue, Run.status)).all()
+            (S.PENDING, S.SUBMITTED, S.RUNNING, S.CANCELLING, S.STALE)), *_in_orgs(organization_ids))
+            .group_by(Run.queue, Run.status)).all()
         return {(q, RunStatus(st).value): n for q, st, n in rows}
 
     counts = in_transaction(read)
@@ -37,12 +45,15 @@ def queue_depths() -> list[dict[str, Any]]:
     return out
 
 
-def history(hours: int = 12, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Finished runs per hour over the last ``hours``: completed, failed, mean and p95 duration (s)."""
+def history(hours: int = 12, now: datetime | None = None,
+            organization_ids: Collection[uuid.UUID] | None = None) -> list[dict[str, Any]]:
+    """Finished runs per hour over the last ``hours``: completed, failed, mean and p95 duration (s)
+    (runs of ``organization_ids`` only, when given)."""
     now = now or utcnow()
     start = (now - timedelta(hours=hours - 1)).replace(minute=0, second=0, microsecond=0)
     stmt = (select(Run.status, Run.started_at, Run.completed_at)
-            .where(Run.completed_at >= start, Run.status.in_((S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED)))
+            .where(Run.completed_at >= start, Run.status.in_((S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED)),
+                   *_in_orgs(organization_ids))
             .limit(MAX_SAMPLE))
     rows = in_transaction(lambda s: s.execute(stmt).all())
     buckets: dict[datetime, dict[str, Any]] = defaultdict(lambda: {"completed": 0, "failed": 0, "durations": []})

@@ -10,6 +10,8 @@ import logging
 import os
 import threading
 import time
+import uuid
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -44,14 +46,17 @@ def gone(hostname: str) -> None:
     in_transaction(lambda s: s.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.hostname == hostname)))
 
 
-def online() -> list[dict[str, Any]]:
+def online(organization_ids: Collection[uuid.UUID] | None = None) -> list[dict[str, Any]]:
+    """Worker nodes seen lately; ``active_runs`` counts only runs of ``organization_ids`` when given."""
     since = utcnow() - ONLINE_WITHIN
+    in_orgs = [] if organization_ids is None else [Run.organization_id.in_(list(organization_ids))]
 
     def read(s: Any) -> list[dict[str, Any]]:
         nodes = s.execute(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen_at >= since)
                           .order_by(WorkerHeartbeat.hostname)).scalars().all()
         busy = dict(s.execute(
-            select(Run.worker_hostname, func.count()).where(Run.status.in_((RunStatus.RUNNING, RunStatus.CANCELLING)))
+            select(Run.worker_hostname, func.count()).where(Run.status.in_((RunStatus.RUNNING, RunStatus.CANCELLING)),
+                                                            *in_orgs)
             .group_by(Run.worker_hostname)).all())
         return [{"hostname": n.hostname, "queues": n.queues, "concurrency": n.concurrency, "pid": n.pid,
                  "started_at": n.started_at, "last_seen_at": n.last_seen_at, "active_runs": busy.get(n.hostname, 0)}

@@ -10,7 +10,7 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from sqlalchemy import String, and_, cast, func, or_, select
@@ -20,6 +20,7 @@ from sqlmodel import Session
 from backend.db.engine import in_transaction
 from backend.db.models import Organization, Run, RunGroup
 from backend.db.types import utcnow
+from backend.errors import CuratoreError
 from backend.queues.registry import get_registry
 from backend.runs.states import RunOrigin, RunStatus
 
@@ -31,6 +32,7 @@ ACTIVE_RUNNING = (S.RUNNING, S.CANCELLING, S.STALE)
 @dataclass(frozen=True)
 class ListQuery:
     organization_id: uuid.UUID | None = None  # None: every organization (system admins)
+    organization_ids: frozenset[uuid.UUID] | None = None  # also limit to these (a principal's visible orgs)
     run_types: tuple[str, ...] = ()  # registry keys; aliases of a key are included
     statuses: tuple[RunStatus, ...] = ()
     origins: tuple[RunOrigin, ...] = ()
@@ -65,6 +67,8 @@ def _filtered(q: ListQuery, *, with_types: bool = True, with_statuses: bool = Tr
     stmt = select(Run)
     if q.organization_id:
         stmt = stmt.where(Run.organization_id == q.organization_id)
+    if q.organization_ids is not None:
+        stmt = stmt.where(Run.organization_id.in_(q.organization_ids))
     if with_types and q.run_types:
         stmt = stmt.where(Run.run_type.in_(_types_with_aliases(q.run_types)))
     if with_statuses and q.statuses:
@@ -106,13 +110,38 @@ def _encode(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+class InvalidCursor(CuratoreError):
+    """That page cursor is not valid."""
+
+    code = "invalid_cursor"
+    http_status = 422
+
+
 def _decode(cursor: str) -> list[Any]:
     try:
         return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, json.JSONDecodeError):
-        from backend.errors import CuratoreError
+        raise InvalidCursor("That page cursor is not valid.") from None
 
-        raise CuratoreError("That page cursor is not valid.") from None
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def _cursor_key(cursor: str, sort: str) -> tuple[Any, ...]:
+    """The sort key a cursor holds: (created_at, id), or (priority, created_at, id) for the priority sort."""
+    values = _decode(cursor)
+    try:
+        if sort == "priority":
+            prio, created, rid = values
+            if not isinstance(prio, int) or isinstance(prio, bool) or not 0 <= prio <= 4:
+                raise ValueError(prio)
+            return prio, _utc(created), uuid.UUID(rid)
+        created, rid = values
+        return _utc(created), uuid.UUID(rid)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        raise InvalidCursor("That page cursor is not valid.") from None
 
 
 def page(q: ListQuery, cursor: str | None = None, limit: int = 50, session: Session | None = None) -> Page:
@@ -120,8 +149,7 @@ def page(q: ListQuery, cursor: str | None = None, limit: int = 50, session: Sess
     if q.sort == "priority":
         order = (Run.priority.desc(), Run.created_at.desc(), Run.id.desc())
         if cursor:
-            prio, created, rid = _decode(cursor)
-            created_dt, rid_u = datetime.fromisoformat(created), uuid.UUID(rid)
+            prio, created_dt, rid_u = _cursor_key(cursor, "priority")
             stmt = stmt.where(
                 or_(
                     Run.priority < prio,
@@ -132,8 +160,7 @@ def page(q: ListQuery, cursor: str | None = None, limit: int = 50, session: Sess
     else:
         order = (Run.created_at.desc(), Run.id.desc())
         if cursor:
-            created, rid = _decode(cursor)
-            created_dt, rid_u = datetime.fromisoformat(created), uuid.UUID(rid)
+            created_dt, rid_u = _cursor_key(cursor, "created")
             stmt = stmt.where(or_(Run.created_at < created_dt, and_(Run.created_at == created_dt, Run.id < rid_u)))
     stmt = stmt.order_by(*order).limit(limit + 1)
 
@@ -153,9 +180,24 @@ def page(q: ListQuery, cursor: str | None = None, limit: int = 50, session: Sess
             next_cursor=next_cursor,
             child_counts=child_counts([r.id for r in rows if r.is_group_parent], s),
             queue_positions=positions,
-            etas=_etas(queued, positions),
+            etas=_etas(queued, positions, s),
             org_slugs=_org_slugs({r.organization_id for r in rows}, s),
         )
+
+    return in_transaction(read, session)
+
+
+def annotate(runs: list[Run], session: Session | None = None) -> Page:
+    """What a page carries for these runs (child counts, queue positions, ETAs, organization slugs),
+    without a cursor: for showing runs that did not come from :func:`page`."""
+
+    def read(s: Session) -> Page:
+        queued = [r for r in runs if RunStatus(r.status) in QUEUED]
+        positions = queue_positions(queued, s)
+        return Page(runs=list(runs), next_cursor=None,
+                    child_counts=child_counts([r.id for r in runs if r.is_group_parent], s),
+                    queue_positions=positions, etas=_etas(queued, positions, s),
+                    org_slugs=_org_slugs({r.organization_id for r in runs}, s))
 
     return in_transaction(read, session)
 
@@ -189,12 +231,12 @@ def queue_positions(runs: list[Run], session: Session) -> dict[uuid.UUID, int]:
     return {row.id: int(row.position) for row in rows}
 
 
-def _etas(queued: list[Run], positions: dict[uuid.UUID, int]) -> dict[uuid.UUID, float]:
+def _etas(queued: list[Run], positions: dict[uuid.UUID, int], session: Session) -> dict[uuid.UUID, float]:
     from backend.queues.priority import eta_seconds, mean_durations
 
     if not queued:
         return {}
-    means = mean_durations({r.run_type for r in queued})
+    means = mean_durations({r.run_type for r in queued}, session=session)
     queues = get_registry().queues
     etas = {}
     for r in queued:

@@ -80,6 +80,17 @@ def get_logs(
     return list(in_transaction(lambda s: s.execute(query).scalars().all(), session))
 
 
+def get_log_tail(
+    run_id: uuid.UUID, *, limit: int = 100, before_id: int | None = None, session: Session | None = None
+) -> list[RunLogEvent]:
+    """The last ``limit`` events of a run (before ``before_id`` if given), oldest first."""
+    query = select(RunLogEvent).where(RunLogEvent.run_id == run_id)
+    if before_id is not None:
+        query = query.where(RunLogEvent.id < before_id)
+    query = query.order_by(RunLogEvent.id.desc()).limit(limit)
+    return list(reversed(in_transaction(lambda s: s.execute(query).scalars().all(), session)))
+
+
 def group_for(parent_run_id: uuid.UUID, session: Session | None = None) -> RunGroup | None:
     query = select(RunGroup).where(RunGroup.parent_run_id == parent_run_id)
     return in_transaction(lambda s: s.execute(query).scalar_one_or_none(), session)

@@ -17,6 +17,7 @@ from backend.queues import workers
 from backend.queues.registry import JobType, get_registry
 from backend.queues.workers import NodeHeartbeat
 from backend.worker import broker
+from backend.worker.schedule_task import beat_schedule
 
 celery_app = Celery("curatore")
 
@@ -48,6 +49,8 @@ def configure(app: Celery) -> Celery:
         app.conf.broker_transport_options = (
             {"global_keyprefix": settings.broker_key_prefix} if settings.broker_key_prefix else {}
         )
+    app.conf.imports = ("backend.worker.schedule_task",)
+    app.conf.beat_schedule = beat_schedule()  # the scheduler's tick: due scheduled tasks become runs
     for job_type in registry.types.values():
         ensure_task(app, job_type)
     return app

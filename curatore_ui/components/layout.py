@@ -1,16 +1,13 @@
-"""The shared page shell: a left sidebar with navigation and a bounded content area."""
+"""The shared page shell: a left sidebar with navigation and the signed-in user, and a bounded content area."""
 
 import reflex as rx
 
-NAV_ITEMS: tuple[tuple[str, str], ...] = (
-    ("Jobs", "/system/jobs"),
-    ("Queues", "/system/queues"),
-)
+from curatore_ui.state.session import SessionState
 
 
-def _nav_link(label: str, href: str) -> rx.Component:
+def _nav_link(label: str | rx.Var[str], href: str | rx.Var[str], icon: str) -> rx.Component:
     return rx.link(
-        rx.text(label, size="3", weight="medium"),
+        rx.hstack(rx.icon(icon, size=16), rx.text(label, size="2", weight="medium"), align="center", spacing="2"),
         href=href,
         underline="none",
         color_scheme="gray",
@@ -34,10 +31,22 @@ def _sidebar() -> rx.Component:
         ),
         rx.separator(),
         rx.vstack(
-            *(_nav_link(label, href) for label, href in NAV_ITEMS),
+            rx.cond(SessionState.is_system_admin, rx.vstack(
+                _nav_link("All jobs", "/system/jobs", "layers"),
+                _nav_link("Queues", "/system/queues", "gauge"),
+                spacing="1", width="100%")),
+            rx.foreach(SessionState.orgs, lambda o: _nav_link(o["name"], "/orgs/" + o["slug"] + "/jobs",
+                                                              "building-2")),
             spacing="1",
             width="100%",
         ),
+        rx.spacer(),
+        rx.cond(SessionState.email != "", rx.vstack(
+            rx.separator(),
+            rx.text(SessionState.email, size="1", color_scheme="gray", data_testid="signed-in-as"),
+            rx.button(rx.icon("log-out", size=14), "Sign out", variant="ghost", size="1", color_scheme="gray",
+                      on_click=SessionState.log_out, data_testid="logout"),
+            spacing="2", width="100%", padding_x="0.75rem")),
         as_="nav",
         spacing="4",
         width="14rem",

@@ -12,16 +12,18 @@ from backend.auth.orgs import get_org
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
 from backend.errors import CuratoreError
-from backend.queues.dispatch import submit_run
+from backend import actions
 from curatore_ui.components.job_progress_panel import is_resource_busy, job_progress_panel
 from curatore_ui.components.layout import layout
+from curatore_ui.state.session import principal_or_redirect
 from curatore_ui.state.views import LinkItem, route_params, ts
 
 TEXT_PREVIEW = 20_000
 
 
-def _read(slug: str, asset_id: str) -> dict[str, Any]:
+def _read(slug: str, asset_id: str, principal: Any) -> dict[str, Any]:
     org = get_org(slug)
+    principal.require("view", org.id, "That asset")
     try:
         aid = uuid.UUID(asset_id)
     except ValueError:
@@ -51,14 +53,21 @@ class AssetState(rx.State):
     completions: int = 0
 
     @rx.event
-    async def load(self) -> None:
+    async def load(self):  # type: ignore[no-untyped-def]
+        principal, redirect = await principal_or_redirect(self)
+        if redirect:
+            return redirect
         params = route_params(self.router.url.path)
         self.slug, self.asset_id = params.get("slug", ""), params.get("id", "")
         await self._refresh()
+        return None
 
     async def _refresh(self) -> None:
+        principal = (await principal_or_redirect(self))[0]
+        if principal is None:
+            return
         try:
-            data = await asyncio.to_thread(_read, self.slug, self.asset_id)
+            data = await asyncio.to_thread(_read, self.slug, self.asset_id, principal)
         except CuratoreError as exc:
             self.error = exc.message
             return
@@ -69,10 +78,11 @@ class AssetState(rx.State):
 
     @rx.event
     async def extract(self) -> None:
+        principal = (await principal_or_redirect(self))[0]
+
         def start() -> None:
-            org = get_org(self.slug)
-            submit_run("extraction", {"asset_id": self.asset_id}, organization_id=org.id,
-                       created_by="admin", display_name=self.filename)
+            actions.submit(principal, "extraction", {"asset_id": self.asset_id}, get_org(self.slug).id,
+                           display_name=self.filename)
 
         try:
             await asyncio.to_thread(start)

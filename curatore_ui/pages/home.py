@@ -1,14 +1,7 @@
-"""Home page: a placeholder that points to the jobs list."""
+"""`/`: sends the browser to the jobs list its user may see (or to the login page)."""
 
 import reflex as rx
 
-from curatore_ui.components.layout import layout
-
 
 def index() -> rx.Component:
-    """The landing page."""
-    return layout(
-        "Curatore Jobs",
-        rx.text("Background jobs: what runs, what waits, what failed."),
-        rx.link("Open the jobs list", href="/system/jobs"),
-    )
+    return rx.center(rx.spinner(size="3"), min_height="100vh")

@@ -101,6 +101,7 @@ def _side_column() -> rx.Component:
                       rx.text(r.name, size="2"), align="center"), href=r.href)))),
         _card("Metadata", _facts(S.metadata)),
         _card("Capabilities", _facts(S.capabilities)),
+        rx.cond(S.audit.length() > 0, _card("Audit", _facts(S.audit))),
         _card("Raw data", json_viewer("Config", S.config_json), json_viewer("Progress", S.progress_json),
               json_viewer("Results", S.results_json)),
         spacing="4", width="100%",

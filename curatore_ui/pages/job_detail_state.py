@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
 from typing import Any
 
 import reflex as rx
 
 from backend.errors import CuratoreError
-from backend.queues.dispatch import retry_run
+from backend import actions
 from backend.queues.registry import get_registry
-from backend.runs import listing, queries, service
+from backend.runs import listing, queries
 from backend.runs.states import RunStatus
 from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.session import principal_or_redirect
 from curatore_ui.state.toasts import end_toast
 from curatore_ui.state.views import (
     LinkItem, LogLine, RunRow, counter_text, duration, log_line, pretty_json, route_params, run_href, run_row, ts,
@@ -28,9 +28,9 @@ def _facts(pairs: list[tuple[str, Any]]) -> list[LinkItem]:
     return [LinkItem(label=k, name=str(v)) for k, v in pairs if v not in (None, "")]
 
 
-def _snapshot(run_id: str, scoped_slug: str | None) -> dict[str, Any]:
+def _snapshot(run_id: str, scoped_slug: str | None, principal: Any) -> dict[str, Any]:
     """Everything the page shows, read in one go (runs in a thread)."""
-    run = queries.get_run(run_id)
+    run = actions.visible_run(principal, run_id)
     job_type = get_registry().find(run.run_type)
     slug = queries.org_slug(run.organization_id)
     group = queries.group_for(run.id)
@@ -55,7 +55,11 @@ def _snapshot(run_id: str, scoped_slug: str | None) -> dict[str, Any]:
             related.append(LinkItem("Asset", str(asset_id)[:8], f"/orgs/{slug}/assets/{asset_id}", "file", "blue"))
     logs = queries.get_logs(run.id, after_id=0, limit=100_000)
     children = queries.list_runs(queries.RunFilter(parent_run_id=run.id), limit=CHILD_WINDOW) if group else []
+    from backend import audit
+
+    trail = [LinkItem(label=ts(e.at), name=f"{e.action} by {e.actor}") for e in audit.for_run(run.id)]
     return {
+        "audit": trail,
         "row": row,
         "run": run,
         "job_type": job_type,
@@ -82,6 +86,7 @@ class JobDetailState(rx.State):
     metadata: list[LinkItem] = []
     capabilities: list[LinkItem] = []
     related: list[LinkItem] = []
+    audit: list[LinkItem] = []
     logs: list[LogLine] = []
     hidden_logs: int = 0
     children: list[RunRow] = []
@@ -89,18 +94,21 @@ class JobDetailState(rx.State):
     toasted: list[str] = []
 
     @rx.event
-    async def load(self) -> None:
+    async def load(self):  # type: ignore[no-untyped-def]
+        principal, redirect = await principal_or_redirect(self)
+        if redirect:
+            return redirect
         params = route_params(self.router.url.path)
         run_id = params.get("run_id", "")
         self.scoped_slug = params.get("slug", "")
         self.loading = True
         seq = await asyncio.to_thread(current_seq)
         try:
-            snap = await asyncio.to_thread(_snapshot, run_id, self.scoped_slug or None)
+            snap = await asyncio.to_thread(_snapshot, run_id, self.scoped_slug or None, principal)
         except CuratoreError as exc:
             self.not_found = exc.message
             self.loading = False
-            return
+            return None
         self.not_found = ""
         self._apply_snapshot(snap)
         self.logs = [log_line(e) for e in snap["logs"]]
@@ -109,8 +117,10 @@ class JobDetailState(rx.State):
         self.loading = False
         bridge.watch(
             self.router.session.client_token,
-            Watch(JobDetailState, run_id=self.run.id, parent_run_id=self.run.id, since_seq=seq),
+            Watch(JobDetailState, run_id=self.run.id, parent_run_id=self.run.id, since_seq=seq,
+                  visible_orgs=bridge.scope(principal)),
         )
+        return None
 
     def _apply_snapshot(self, snap: dict[str, Any]) -> None:
         run, job_type = snap["run"], snap["job_type"]
@@ -138,6 +148,7 @@ class JobDetailState(rx.State):
         self.capabilities = [LinkItem(label=name, name="yes" if getattr(caps, name, False) else "no")
                              for name in ("cancel", "retry", "throttle", "boost")]
         self.related = snap["related"]
+        self.audit = snap["audit"]
         self.children = snap["children"]
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
@@ -154,8 +165,10 @@ class JobDetailState(rx.State):
             self.logs = self.logs[-LOG_WINDOW:]
         needs_refresh = any(e["kind"] in ("status", "created") for e in events)
         if needs_refresh:
-            snap = await asyncio.to_thread(_snapshot, self.run.id, self.scoped_slug or None)
-            self._apply_snapshot(snap)
+            principal = await self._principal()
+            if principal is not None:
+                snap = await asyncio.to_thread(_snapshot, self.run.id, self.scoped_slug or None, principal)
+                self._apply_snapshot(snap)
         return self._toasts(mine)
 
     def _apply_progress(self, progress: dict[str, Any]) -> None:
@@ -182,40 +195,35 @@ class JobDetailState(rx.State):
                 out.append(toast)
         return out
 
-    @rx.event
-    async def cancel(self) -> None:
-        try:
-            status = await asyncio.to_thread(service.request_cancel, uuid.UUID(self.run.id), "admin")
-            self.notice = f"Cancel requested ({status.value})"
-        except CuratoreError as exc:
-            self.notice = exc.message
+    async def _principal(self) -> Any:
+        return (await principal_or_redirect(self))[0]
 
-    @rx.event
-    async def retry(self):  # type: ignore[no-untyped-def]
+    async def _act(self, action: Any, done: str) -> Any:
+        principal = await self._principal()
         try:
-            new = await asyncio.to_thread(retry_run, uuid.UUID(self.run.id), created_by="admin")
+            result = await asyncio.to_thread(action, principal, self.run.id)
         except CuratoreError as exc:
             self.notice = exc.message
             return None
-        return rx.redirect(run_href(new.id, self.scoped_slug or None))
+        self.notice = done.format(result=getattr(result, "value", result))
+        return result
+
+    @rx.event
+    async def cancel(self) -> None:
+        await self._act(actions.cancel, "Cancel requested ({result})")
+
+    @rx.event
+    async def retry(self):  # type: ignore[no-untyped-def]
+        new = await self._act(actions.retry, "Retry started")
+        return rx.redirect(run_href(new.id, self.scoped_slug or None)) if new is not None else None
 
     @rx.event
     async def force_kill(self) -> None:
-        try:
-            await asyncio.to_thread(service.force_kill, uuid.UUID(self.run.id), "admin")
-            self.notice = "Force-killed"
-        except CuratoreError as exc:
-            self.notice = exc.message
+        await self._act(actions.force_kill, "Force-killed")
 
     @rx.event
     async def boost(self) -> None:
-        from backend.queues.priority import boost
-
-        try:
-            priority = await asyncio.to_thread(boost, uuid.UUID(self.run.id), "admin")
-            self.notice = f"Boosted to priority {priority}"
-        except CuratoreError as exc:
-            self.notice = exc.message
+        await self._act(actions.boost, "Boosted to priority {result}")
 
     @rx.var
     def is_active(self) -> bool:

@@ -12,11 +12,13 @@ import reflex as rx
 
 from backend.auth.orgs import get_org
 from backend.errors import CuratoreError
-from backend.queues.dispatch import retry_run
 from backend.queues.registry import get_registry
-from backend.runs import listing, service
+from backend import actions
+from backend.auth.access import Forbidden
+from backend.runs import listing
 from backend.runs.states import RunOrigin, RunStatus
 from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.session import SessionState, principal_or_redirect
 from curatore_ui.state.toasts import end_toast
 from curatore_ui.state.views import RunRow, counter_text, route_params, run_row
 
@@ -61,8 +63,14 @@ def build_query(org_id: uuid.UUID | None, f: dict[str, str]) -> listing.ListQuer
     )
 
 
-def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bool) -> dict[str, Any]:
-    org_id = get_org(org_slug).id if org_slug else None
+def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bool, principal: Any) -> dict[str, Any]:
+    if org_slug:
+        org_id = get_org(org_slug).id
+        principal.require("view", org_id, "That organization")
+    elif principal.is_system_admin:
+        org_id = None
+    else:
+        raise Forbidden("Only system admins see every organization's jobs.")
     q = build_query(org_id, filters)
     pg = listing.page(q, cursor, PAGE_SIZE)
     rows = [
@@ -98,25 +106,37 @@ class JobsListState(rx.State):
     error: str = ""
 
     @rx.event
-    async def load(self) -> None:
+    async def load(self):  # type: ignore[no-untyped-def]
+        principal, redirect = await principal_or_redirect(self)
+        if redirect:
+            return redirect
         self.org_slug = route_params(self.router.url.path).get("slug", "")
+        if not self.org_slug and not principal.is_system_admin:
+            orgs = (await self.get_state(SessionState)).orgs
+            if orgs:
+                return rx.redirect(f"/orgs/{orgs[0]['slug']}/jobs")
         self.cursor, self.prev_cursors, self.selected = "", [], []
-        await self._refresh(watch=True)
+        await self._refresh(watch=True, principal=principal)
+        return None
 
-    async def _refresh(self, watch: bool = False) -> None:
+    async def _refresh(self, watch: bool = False, principal: Any = None) -> None:
+        principal = principal or await self._principal()
+        if principal is None:
+            return
         seq = await asyncio.to_thread(current_seq)
         try:
             data = await asyncio.to_thread(_read, self.org_slug, dict(self.filters), self.cursor or None,
-                                           bool(self.org_slug))
+                                           bool(self.org_slug), principal)
         except CuratoreError as exc:
             self.error = exc.message
+            self.rows, self.tabs, self.cards = [], [], {}
             return
         self.error = ""
         self.rows, self.tabs, self.cards, self.next_cursor = data["rows"], data["tabs"], data["cards"], data["next"]
         if watch:
             self.live_seq = seq
             scope = Watch(JobsListState, organization_id=data["org_id"] or None,
-                          all_organizations=not data["org_id"], since_seq=seq)
+                          all_organizations=not data["org_id"], since_seq=seq, visible_orgs=bridge.scope(principal))
             bridge.watch(self.router.session.client_token, scope)
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
@@ -183,34 +203,49 @@ class JobsListState(rx.State):
         ids = [r.id for r in self.rows]
         self.selected = sorted(set(self.selected) | set(ids)) if checked else [i for i in self.selected if i not in ids]
 
+    async def _principal(self) -> Any:
+        return (await principal_or_redirect(self))[0]
+
+    async def _cancel(self, ids: list[str]) -> tuple[int, list[str]]:
+        principal = await self._principal()
+        return await asyncio.to_thread(_each, ids, lambda rid: actions.cancel(principal, rid))
+
+    async def _retry(self, ids: list[str]) -> tuple[int, list[str]]:
+        principal = await self._principal()
+        return await asyncio.to_thread(
+            _each, ids, lambda rid: self.started.append(str(actions.retry(principal, rid).id)))
+
     @rx.event
     async def bulk_cancel(self) -> None:
-        done, errors = await asyncio.to_thread(_each, self.selected, lambda rid: service.request_cancel(rid, "admin"))
-        self.notice = f"Cancel requested for {done} run(s)" + (f"; {errors} could not be cancelled" if errors else "")
+        done, errors = await self._cancel(list(self.selected))
+        self.notice = f"Cancel requested for {done} run(s)" + (f"; not cancelled: {errors[0]}" if errors else "")
         self.selected = []
 
     @rx.event
     async def bulk_retry(self) -> None:
-        done, errors = await asyncio.to_thread(
-            _each, self.selected, lambda rid: self.started.append(str(retry_run(rid, created_by="admin").id)))
-        self.notice = f"Retried {done} run(s)" + (f"; {errors} could not be retried" if errors else "")
+        done, errors = await self._retry(list(self.selected))
+        self.notice = f"Retried {done} run(s)" + (f"; not retried: {errors[0]}" if errors else "")
         self.selected = []
         await self._refresh()
 
     @rx.event
     async def cancel_one(self, run_id: str) -> None:
-        done, _ = await asyncio.to_thread(_each, [run_id], lambda rid: service.request_cancel(rid, "admin"))
-        self.notice = "Cancel requested" if done else "That run could not be cancelled"
+        done, errors = await self._cancel([run_id])
+        self.notice = "Cancel requested" if done else errors[0]
 
     @rx.event
     async def retry_one(self, run_id: str) -> None:
-        done, _ = await asyncio.to_thread(
-            _each, [run_id], lambda rid: self.started.append(str(retry_run(rid, created_by="admin").id)))
-        self.notice = "Retry started" if done else "That run could not be retried"
+        done, errors = await self._retry([run_id])
+        self.notice = "Retry started" if done else errors[0]
 
     @rx.event
     async def start_samples(self) -> None:
-        runs = await asyncio.to_thread(_start_samples, self.org_slug)
+        principal = await self._principal()
+        try:
+            runs = await asyncio.to_thread(_start_samples, self.org_slug, principal)
+        except CuratoreError as exc:
+            self.notice = exc.message
+            return
         self.started.extend(str(r.id) for r in runs)
         self.notice = f"Started {len(runs)} sample jobs on the bundled sample files"
 
@@ -219,20 +254,22 @@ class JobsListState(rx.State):
         return len(self.prev_cursors) + 1
 
 
-def _start_samples(org_slug: str) -> list[Any]:
+def _start_samples(org_slug: str, principal: Any) -> list[Any]:
     from backend.auth.orgs import ensure_org
     from backend.config import get_settings
     from backend.samples import start_samples
 
-    return start_samples(ensure_org(org_slug or get_settings().default_org_slug).id)
+    org = ensure_org(org_slug or get_settings().default_org_slug)
+    principal.require("submit", org.id, "That organization")
+    return start_samples(org.id, created_by=principal.name)
 
 
-def _each(ids: list[str], action: Any) -> tuple[int, int]:
-    done = errors = 0
+def _each(ids: list[str], action: Any) -> tuple[int, list[str]]:
+    done, errors = 0, []
     for rid in ids:
         try:
             action(uuid.UUID(rid))
             done += 1
-        except CuratoreError:
-            errors += 1
+        except CuratoreError as exc:
+            errors.append(exc.message)
     return done, errors

@@ -11,6 +11,7 @@ import reflex as rx
 from backend.queues import stats, workers
 from curatore_ui.components.layout import layout
 from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.session import principal_or_redirect
 from curatore_ui.state.views import ago
 
 
@@ -50,12 +51,21 @@ class QueuesState(rx.State):
     workers: list[WorkerRow] = []
     history: list[dict[str, Any]] = []
 
+    denied: bool = False
+
     @rx.event
-    async def load(self) -> None:
+    async def load(self):  # type: ignore[no-untyped-def]
+        principal, redirect = await principal_or_redirect(self)
+        if redirect:
+            return redirect
+        self.denied = not principal.is_system_admin
+        if self.denied:  # queue administration is for system admins
+            return None
         seq = await asyncio.to_thread(current_seq)
         await self._refresh()
         self.live_seq = seq
         bridge.watch(self.router.session.client_token, Watch(QueuesState, all_organizations=True, since_seq=seq))
+        return None
 
     async def _refresh(self) -> None:
         data = await asyncio.to_thread(_read)
@@ -138,6 +148,8 @@ def _workers() -> rx.Component:
 def page() -> rx.Component:
     return layout(
         "Queues",
+        rx.cond(QueuesState.denied, rx.callout("Queue administration is for system admins.", icon="lock",
+                                               color_scheme="gray")),
         rx.grid(rx.foreach(QueuesState.queues, _queue_card), columns=rx.breakpoints(initial="1", sm="2", lg="3"),
                 spacing="4", width="100%"),
         _charts(),

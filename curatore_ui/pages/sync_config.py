@@ -13,19 +13,21 @@ from backend.auth.orgs import get_org
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ConnectorState
 from backend.errors import CuratoreError
-from backend.queues.dispatch import submit_run
+from backend import actions
 from backend.runs.queries import RunFilter, list_runs
 from curatore_ui.components.job_progress_panel import is_resource_busy, job_progress_panel_by_type
 from curatore_ui.components.layout import layout
 from curatore_ui.components.run_table import run_table
 from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.session import principal_or_redirect
 from curatore_ui.state.views import LinkItem, RunRow, route_params, run_row
 
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
 
 
-def _read(slug: str, config_id: str) -> dict[str, Any]:
+def _read(slug: str, config_id: str, principal: Any) -> dict[str, Any]:
     org = get_org(slug)
+    principal.require("view", org.id, "That sync configuration")
     runs = list_runs(RunFilter(organization_id=org.id, resource_type="sharepoint_config", resource_id=config_id),
                      limit=10)
 
@@ -64,18 +66,26 @@ class SyncConfigState(rx.State):
     error: str = ""
 
     @rx.event
-    async def load(self) -> None:
+    async def load(self):  # type: ignore[no-untyped-def]
+        principal, redirect = await principal_or_redirect(self)
+        if redirect:
+            return redirect
         params = route_params(self.router.url.path)
         self.slug, self.config_id = params.get("slug", ""), params.get("id", "")
         seq = await asyncio.to_thread(current_seq)
         await self._refresh(first=True)
         self.live_seq = seq
         bridge.watch(self.router.session.client_token,
-                     Watch(SyncConfigState, resources=(("sharepoint_config", self.config_id),), since_seq=seq))
+                     Watch(SyncConfigState, resources=(("sharepoint_config", self.config_id),), since_seq=seq,
+                           visible_orgs=bridge.scope(principal)))
+        return None
 
     async def _refresh(self, first: bool = False) -> None:
+        principal = (await principal_or_redirect(self))[0]
+        if principal is None:
+            return
         try:
-            data = await asyncio.to_thread(_read, self.slug, self.config_id)
+            data = await asyncio.to_thread(_read, self.slug, self.config_id, principal)
         except CuratoreError as exc:
             self.error = exc.message
             return
@@ -103,12 +113,13 @@ class SyncConfigState(rx.State):
 
     @rx.event
     async def start_sync(self) -> None:
+        principal = (await principal_or_redirect(self))[0]
         config = {"sync_config_id": self.config_id, "drive_id": self.drive_id.strip(),
                   "base_url": self.base_url.strip() or None, "full_resync": self.full_resync}
 
         def start() -> None:
-            submit_run("sharepoint_sync", config, organization_id=get_org(self.slug).id, created_by="admin",
-                       display_name=f"Sync {self.config_id}")
+            actions.submit(principal, "sharepoint_sync", config, get_org(self.slug).id,
+                           display_name=f"Sync {self.config_id}")
 
         try:
             await asyncio.to_thread(start)

@@ -16,6 +16,7 @@ import reflex as rx
 
 from backend.runs import listing
 from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.session import principal_or_redirect
 from curatore_ui.state.views import ago, counter_text, run_href
 
 CALLBACKS: dict[str, Any] = {}  # panel key -> event handler fired when its last job ends
@@ -62,10 +63,12 @@ def _panel_job(run: Any, counts: dict[str, int] | None, job_type: Any) -> PanelJ
     )
 
 
-def read_panel(resource_type: str, resource_id: str, job_type: str) -> list[PanelJob]:
+def read_panel(resource_type: str, resource_id: str, job_type: str, orgs: list[str] | None) -> list[PanelJob]:
     from backend.queues.registry import get_registry
 
     runs, counts = listing.active_for_resource(resource_type, resource_id, job_type or None)
+    if orgs is not None:
+        runs = [r for r in runs if str(r.organization_id) in orgs]
     registry = get_registry()
     return [_panel_job(r, counts.get(r.id), registry.find(r.run_type)) for r in runs]
 
@@ -74,19 +77,26 @@ class ActiveJobsState(rx.State):
     live_seq: int = 0
     panels: dict[str, list[PanelJob]] = {}
     specs: dict[str, list[str]] = {}  # key -> [resource_type, resource_id, job_type]
+    _orgs: list[str] | None = None  # the organizations the client may see (None: all)
 
     @rx.event
     async def track(self, key: str, resource_type: str, resource_id: str, job_type: str = "") -> None:
         """A panel on the page asks to follow a resource (fired by the panel's on_mount)."""
         if not resource_id:
             return
+        principal = (await principal_or_redirect(self))[0]
+        if principal is None:
+            return
+        scope = bridge.scope(principal)
+        self._orgs = None if scope is None else sorted(scope)
         seq = await asyncio.to_thread(current_seq)
         self.specs[key] = [resource_type, str(resource_id), job_type]
-        self.panels[key] = await asyncio.to_thread(read_panel, resource_type, str(resource_id), job_type)
+        self.panels[key] = await asyncio.to_thread(read_panel, resource_type, str(resource_id), job_type, self._orgs)
         self.live_seq = min(self.live_seq, seq) if self.live_seq else seq
         resources = tuple(sorted({(t, i) for t, i, _ in self.specs.values()}))
         bridge.watch(self.router.session.client_token,
-                     Watch(ActiveJobsState, resources=resources, since_seq=self.live_seq, page=False))
+                     Watch(ActiveJobsState, resources=resources, since_seq=self.live_seq, page=False,
+                           visible_orgs=scope))
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
         touched = {(e["payload"]["run"].get("resource_type"), e["payload"]["run"].get("resource_id"))
@@ -96,7 +106,7 @@ class ActiveJobsState(rx.State):
             if (resource_type, resource_id) not in touched:
                 continue
             before = len(self.panels.get(key, []))
-            self.panels[key] = await asyncio.to_thread(read_panel, resource_type, resource_id, job_type)
+            self.panels[key] = await asyncio.to_thread(read_panel, resource_type, resource_id, job_type, self._orgs)
             if before and not self.panels[key] and key in CALLBACKS:
                 fired.append(CALLBACKS[key])
         return fired

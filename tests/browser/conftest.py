@@ -48,6 +48,11 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
     }
     saved = {k: os.environ.get(k) for k in [*backend.env, "CURATORE_REDIS_URL"]}
     backend.apply()
+    from backend.auth.orgs import ensure_org
+    from backend.auth.users import create_user, set_role
+
+    admin = create_user(ADMIN[0], ADMIN[1], system_admin=True)
+    set_role(admin.id, ensure_org("demo").id, "admin")
     yield backend
     for key, value in saved.items():
         if value is None:
@@ -81,10 +86,28 @@ def browser(chromium_path: str) -> Iterator[object]:
         browser.close()
 
 
+ADMIN = ("admin@test.local", "a-test-password")
+
+
+def log_in(page, base_url: str, email: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{base_url}/login")
+    page.fill("[data-testid=login-email]", email)
+    page.fill("[data-testid=login-password]", password)
+    page.click("[data-testid=login-submit]")
+    page.wait_for_selector("[data-testid=signed-in-as]")
+
+
 @pytest.fixture
-def page(browser):  # type: ignore[no-untyped-def]
+def anonymous_page(browser):  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()
     page.set_default_timeout(20_000)
     yield page
     context.close()
+
+
+@pytest.fixture
+def page(anonymous_page, app):  # type: ignore[no-untyped-def]
+    """A browser page signed in as a system admin."""
+    log_in(anonymous_page, app.url, *ADMIN)
+    return anonymous_page

@@ -81,7 +81,7 @@ def refresh(ctx: JobContext, config: SamRefreshConfig) -> dict[str, Any]:
 
 
 def _client(ctx: JobContext, base_url: Any) -> SamClient:
-    api_key = getattr(ctx.settings, "sam_api_key", None)
+    api_key = common.secret_setting(ctx.settings, "sam_api_key")
     if not api_key:
         ctx.warn("No SAM.gov API key is configured (CURATORE_SAM_API_KEY); requests go without one", "config")
     base = str(base_url).rstrip("/") if base_url else DEFAULT_BASE_URL

@@ -44,7 +44,7 @@ def run(ctx: JobContext, config: SharePointSyncConfig) -> dict[str, Any]:
     known: dict[str, dict[str, Any]] = state.get("items", {})
     folders: dict[str, str] = state.get("folders", {})
     full = config.full_resync or not state.get("delta_link")
-    token = getattr(ctx.settings, "sharepoint_token", None)
+    token = common.secret_setting(ctx.settings, "sharepoint_token")
     base_url = str(config.base_url).rstrip("/") if config.base_url else DEFAULT_BASE_URL
     if not token:
         ctx.warn("No SharePoint token is configured (CURATORE_SHAREPOINT_TOKEN); requests go without one", "config")

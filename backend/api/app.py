@@ -1,0 +1,50 @@
+"""The FastAPI app: the ops REST API under ``/api/v1/ops`` (bearer token), ``/api/v1/health`` and ``/metrics``.
+
+The Reflex backend mounts it through ``api_transformer`` (``curatore_ui/api_mount.py``); tests call
+:func:`create_api` directly.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import Response
+
+from backend.api import errors, queues, registry, runs, schedules
+from backend.api.deps import current_principal
+from backend.api.metrics import metrics_text
+
+PREFIX = "/api/v1/ops"
+VERSION = "1.0.0"
+
+DESCRIPTION = """\
+Runs, queues, the job-type registry and scheduled tasks of Curatore Jobs.
+
+Authenticate with an API token (`curatore tokens create EMAIL --name NAME`): `Authorization: Bearer <token>`.
+Everything is scoped to the token's organizations: another organization's runs answer 404, as if they did not
+exist. Viewers read; members also submit, cancel, retry and boost; admins also force-kill and manage schedules.
+
+Errors are JSON: `{"error": {"code": "...", "message": "..."}}`, with a stable `code`.
+"""
+
+
+def create_api() -> FastAPI:
+    app = FastAPI(title="Curatore Jobs API", version=VERSION, description=DESCRIPTION,
+                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None,
+                  swagger_ui_oauth2_redirect_url="/api/v1/docs/oauth2-redirect")
+    errors.install(app)
+
+    ops = APIRouter(prefix=PREFIX, dependencies=[Depends(current_principal)])
+    for module in (runs, queues, registry, schedules):
+        ops.include_router(module.router)
+    app.include_router(ops)
+
+    @app.get("/api/v1/health", tags=["health"], summary="The API process is up")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = metrics_text()
+        return Response(body, media_type=content_type)
+
+    return app

@@ -1,0 +1,97 @@
+"""The one place where errors become JSON: ``{"error": {"code": ..., "message": ...}}`` with a stable code.
+
+- The engine's :class:`~backend.errors.CuratoreError` keeps its own ``code`` and ``http_status``.
+- A request that does not validate (path, query or body) is 422 ``invalid_request``, naming the field.
+- Routing errors (unknown path, wrong method) keep their status, with a JSON body.
+- Anything else is 500 ``internal_error``: logged with its traceback, which the client never sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.errors import CuratoreError, UnknownRunType
+
+log = logging.getLogger("curatore.api")
+
+# In the API, a request naming an unknown job type is a request that cannot be processed (the CLI's exit
+# status does not depend on this).
+STATUS_OVERRIDES: dict[type[CuratoreError], int] = {UnknownRunType: 422}
+
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "too_large",
+              415: "unsupported_media_type", 422: "invalid_request", 429: "rate_limited"}
+
+
+SOURCES = ("path", "query", "header", "body", "cookie")
+
+
+class Unauthorized(CuratoreError):
+    """Authentication required: send ``Authorization: Bearer <token>``."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class InvalidRequest(CuratoreError):
+    """The request is not valid."""
+
+    code = "invalid_request"
+    http_status = 422
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def status_of(exc: CuratoreError) -> int:
+    for cls, status in STATUS_OVERRIDES.items():
+        if isinstance(exc, cls):
+            return status
+    return exc.http_status
+
+
+def describe_validation(errors: list[Any]) -> str:
+    """``Invalid request: limit (query): Input should be less than or equal to 200; ...``"""
+    parts = []
+    for err in errors[:5]:
+        loc = [str(p) for p in err.get("loc", ())]
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            parts.append(f"body: {msg}")
+        elif len(loc) >= 2 and loc[0] in SOURCES:
+            parts.append(f"{'.'.join(loc[1:])} ({loc[0]}): {msg}")
+        else:
+            parts.append(f"{'.'.join(loc) or 'request'}: {msg}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "Invalid request: " + "; ".join(parts) + more
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(CuratoreError)
+    async def curatore_error(request: Request, exc: CuratoreError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return error_response(status_of(exc), exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", describe_validation(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "Request refused."
+        if exc.status_code == 400:  # FastAPI's own "error parsing the body" (not UTF-8, say): invalid like any other
+            return error_response(422, "invalid_request", f"Invalid request: body: {message}")
+        return error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), message,
+                              dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
