@@ -253,9 +253,9 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        """Warm shutdown (SIGTERM to the main process, which stops its pool), then SIGKILL to the group."""
+        """Cold shutdown (SIGQUIT: the tests are done with it), then SIGKILL to the group."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
