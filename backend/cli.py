@@ -248,6 +248,158 @@ def orgs_create(slug: str, name: str | None) -> None:
     click.echo(f"{org.id}  {org.slug}  {org.name}")
 
 
+# --------------------------------------------------------------------------- users and API tokens
+
+ROLE_CHOICE = click.Choice(["viewer", "member", "admin"])
+
+
+@main.group()
+def users() -> None:
+    """People who sign in to the app, and their roles in organizations."""
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--password", default=None, help="The password (visible in the process list: prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.option("--name", default="", help="Display name (default: the part of the email before @).")
+@click.option("--system-admin", is_flag=True, help="Sees and manages every organization.")
+@click.option("--org", "org_slug", default=None, help="Give the user a role in this organization.")
+@click.option("--role", type=ROLE_CHOICE, default=None, help="The role in --org (default: member).")
+def users_create(email: str, password: str | None, password_stdin: bool, name: str, system_admin: bool,
+                 org_slug: str | None, role: str | None) -> None:
+    """Add a user. Without --password or --password-stdin, the password is asked for."""
+    from backend.auth.orgs import get_org
+    from backend.auth.users import create_user, set_role
+
+    if password is not None and password_stdin:
+        raise CuratoreError("Use either --password or --password-stdin, not both.")
+    if role is not None and org_slug is None:
+        raise CuratoreError("--role needs --org: the organization the role is in.")
+    org = get_org(org_slug) if org_slug else None  # refuse an unknown organization before creating anyone
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user = create_user(email, password, name=name, system_admin=system_admin)
+    if org is not None:
+        set_role(user.id, org.id, role or "member")
+    where = f", {role or 'member'} in {org.slug}" if org else ""
+    click.echo(f"{user.id}  {user.email}{'  system admin' if system_admin else ''}{where}")
+
+
+@users.command("role")
+@click.argument("email")
+@click.option("--org", "org_slug", required=True, help="The organization.")
+@click.option("--role", type=ROLE_CHOICE, required=True)
+def users_role(email: str, org_slug: str, role: str) -> None:
+    """Set a user's role in an organization (adds the membership if needed)."""
+    from backend.auth.orgs import get_org
+    from backend.auth.users import get_user, set_role
+
+    user, org = get_user(email), get_org(org_slug)
+    set_role(user.id, org.id, role)
+    click.echo(f"{user.email}  {role} in {org.slug}")
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def users_list(as_json: bool) -> None:
+    """Every user with their roles."""
+    from sqlalchemy import select
+
+    from backend.auth.users import memberships
+    from backend.db.engine import in_transaction
+    from backend.db.models import User
+
+    people = in_transaction(lambda s: s.execute(select(User).order_by(User.email)).scalars().all())
+    rows = [{"id": str(u.id), "email": u.email, "name": u.name, "system_admin": u.is_system_admin,
+             "disabled": u.disabled, "roles": {org.slug: role for org, role in memberships(u.id)}} for u in people]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        flags = "".join(["  system admin" if r["system_admin"] else "", "  disabled" if r["disabled"] else ""])
+        roles = ", ".join(f"{slug}:{role}" for slug, role in r["roles"].items()) or "-"
+        click.echo(f"{r['email']:32} {roles}{flags}")
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens for the REST API (only their hash is stored)."""
+
+
+@tokens.command("create")
+@click.argument("email")
+@click.option("--name", required=True, help="What the token is for.")
+@click.option("--days", type=click.IntRange(min=1), default=None, help="Expires after this many days (default: never).")
+def tokens_create(email: str, name: str, days: int | None) -> None:
+    """Create a token for a user and print it, once: it cannot be shown again."""
+    from backend.auth.users import create_token, get_user
+
+    user = get_user(email)
+    token, secret = create_token(user.id, name, days)
+    expires = f"expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "never expires"
+    click.echo(f"token {token.id} ({name}) for {user.email}, {expires}; it is shown only this once:", err=True)
+    click.echo(secret)
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token by its id (from `curatore tokens list`): the API refuses it from now on."""
+    from backend.auth.users import revoke_token
+    from backend.db.engine import in_transaction
+    from backend.db.models import ApiToken
+    from backend.errors import NotFound
+
+    try:
+        tid = uuid.UUID(token_id)
+    except ValueError:
+        raise CuratoreError(f"{token_id!r} is not a token id (a UUID, see `curatore tokens list EMAIL`).") from None
+    token = in_transaction(lambda s: s.get(ApiToken, tid))
+    if token is None:
+        raise NotFound(f"No token {tid}.")
+    if token.revoked_at is None:
+        revoke_token(tid)
+    click.echo(f"revoked {tid} ({token.name})")
+
+
+@tokens.command("list")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True)
+def tokens_list(email: str, as_json: bool) -> None:
+    """A user's tokens: id, name, first characters, dates (never the token itself)."""
+    from sqlalchemy import select
+
+    from backend.auth.users import get_user
+    from backend.db.engine import in_transaction
+    from backend.db.models import ApiToken
+    from backend.db.types import utcnow
+
+    user = get_user(email)
+    rows = in_transaction(lambda s: s.execute(select(ApiToken).where(ApiToken.user_id == user.id)
+                                              .order_by(ApiToken.created_at)).scalars().all())
+    now = utcnow()
+
+    def state(t: ApiToken) -> str:
+        if t.revoked_at:
+            return "revoked"
+        return "expired" if t.expires_at and t.expires_at <= now else "active"
+
+    data = [{"id": str(t.id), "name": t.name, "prefix": t.prefix, "status": state(t),
+             "created_at": t.created_at.isoformat(), "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+             "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None} for t in rows]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for t, d in zip(rows, data, strict=True):
+        used = f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never"
+        expires = f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "never"
+        click.echo(f"{d['id']}  {d['prefix']}…  {d['status']:8} created {t.created_at:%Y-%m-%d}  "
+                   f"expires {expires}  last used {used}  {t.name}")
+
+
 def _safe_url(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

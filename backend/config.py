@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     default_org_slug: str = "demo"
     allow_private_fetch: bool = False
 
+    # Connector credentials and defaults.
+    sharepoint_token: str | None = None  # bearer token for Microsoft Graph
+    sam_api_key: str | None = None  # SAM.gov API key
+    forecast_base_url: str | None = None  # the forecast API when a forecast_sync config names none
+    # `curatore dev` serves local stand-ins of those services (and a small website) from this port up;
+    # the sample jobs use them.
+    demo_servers_port: int | None = None
+
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> "Settings":
         if not self.database_url:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from backend.config import PROJECT_ROOT, get_settings
 
 GRACE_SECONDS = 8.0
+DEMO_SERVERS_PORT = 8701  # local stand-ins of Graph, SAM.gov, a forecast API and a website, for the samples
 
 
 @dataclass
@@ -44,6 +45,7 @@ def children(port: int, backend_port: int, ui: bool, reload: bool = False) -> li
     result = [
         Child("worker", [py, "-m", "backend.cli", "worker", "--concurrency", "4", "-n", "dev@%h"]),
         Child("scheduler", [py, "-m", "backend.cli", "scheduler"]),
+        Child("demo servers", [py, "-m", "backend.connectors.devservers", "--port", str(DEMO_SERVERS_PORT)]),
     ]
     if ui and reload:  # Reflex's dev mode: hot reload, frontend and backend on two ports
         result.append(Child("ui", [py, "-m", "reflex", "run", "--frontend-port", str(port),
@@ -76,6 +78,8 @@ def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     env = reflex_env()
+    env.setdefault("CURATORE_DEMO_SERVERS_PORT", str(DEMO_SERVERS_PORT))
+    env.setdefault("CURATORE_ALLOW_PRIVATE_FETCH", "true")  # the samples fetch from the local demo servers
     for child in procs:
         child.proc = subprocess.Popen(child.argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)
         print(f"curatore dev: started {child.name} (pid {child.proc.pid})", flush=True)

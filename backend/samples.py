@@ -1,32 +1,75 @@
-"""Sample jobs on the bundled sample files, so a first start is not an empty page (SPEC 9.1a)."""
+"""Sample jobs of every type, so a first start is not an empty page (SPEC 9.1a).
+
+They work on the bundled files under ``assets/samples`` and ``assets/sample-exports``; the connector and
+scrape samples use the local stand-in servers that ``curatore dev`` starts (``CURATORE_DEMO_SERVERS_PORT``).
+"""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import Any
 
-from backend.config import PROJECT_ROOT
+from backend.config import PROJECT_ROOT, get_settings
 from backend.db.models import Run
+from backend.errors import CuratoreError
 from backend.queues.dispatch import submit_run
 from backend.runs.states import RunOrigin
 from backend.storage.assets import store_bytes
 
 SAMPLES_DIR = PROJECT_ROOT / "assets" / "samples"
+EXPORTS_DIR = PROJECT_ROOT / "assets" / "sample-exports"
 
 
-def sample_files() -> list:
+def sample_files() -> list[Path]:
     return sorted(p for p in SAMPLES_DIR.iterdir() if p.is_file())
 
 
-def start_samples(organization_id: uuid.UUID, created_by: str = "demo") -> list[Run]:
-    """Store the sample files and start one extraction each plus one upload batch of all of them."""
-    assets = [store_bytes(organization_id, p.name, p.read_bytes(), source="sample") for p in sample_files()]
-    runs = [
-        submit_run("extraction", {"asset_id": str(a.id)}, organization_id=organization_id, origin=RunOrigin.SYSTEM,
-                   created_by=created_by, display_name=a.filename)
-        for a in assets
-    ]
-    batch = [store_bytes(organization_id, p.name, p.read_bytes(), source="sample") for p in sample_files()]
-    runs.append(submit_run("upload", {"asset_ids": [str(a.id) for a in batch]}, organization_id=organization_id,
-                           origin=RunOrigin.SYSTEM, created_by=created_by, display_name="Sample upload batch"))
-    return runs
+def _store(org_id: uuid.UUID, path: Path) -> Any:
+    return store_bytes(org_id, path.name, path.read_bytes(), source="sample")
 
+
+def start_samples(organization_id: uuid.UUID, created_by: str = "demo") -> list[Run]:
+    """Start one run of every job type on sample data; returns the runs started.
+
+    A sample that cannot start (its resource is busy from an earlier click, say) is skipped.
+    """
+    runs: list[Run] = []
+
+    def start(run_type: str, config: dict[str, Any], name: str) -> None:
+        try:
+            runs.append(submit_run(run_type, config, organization_id=organization_id, origin=RunOrigin.SYSTEM,
+                                   created_by=created_by, display_name=name))
+        except CuratoreError:
+            pass
+
+    assets = [_store(organization_id, p) for p in sample_files()]
+    for asset in assets:
+        start("extraction", {"asset_id": str(asset.id)}, asset.filename)
+    batch = [_store(organization_id, p) for p in sample_files()]
+    start("upload", {"asset_ids": [str(a.id) for a in batch]}, "Sample upload batch")
+    export = _store(organization_id, EXPORTS_DIR / "salesforce-export.zip")
+    start("salesforce_import", {"asset_id": str(export.id)}, "Sample Salesforce export")
+    start("procedure", {"procedure": "verify_assets"}, "Verify stored files")
+    start("pipeline", {"name": "sample-pipeline", "stages": [
+        {"run_type": "extraction", "config": {"asset_id": str(assets[0].id)}},
+        {"run_type": "procedure", "config": {"procedure": "verify_assets"}},
+    ]}, "Extract, then verify")
+    doomed = store_bytes(organization_id, "obsolete-draft.txt", b"An obsolete draft.\n", source="sample")
+    start("deletion", {"resource_type": "asset", "resource_id": str(doomed.id)}, "Delete an obsolete draft")
+    start("system_maintenance", {"handlers": ["health", "orphans"]}, "Health check")
+    port = get_settings().demo_servers_port
+    if port:
+        from backend.connectors.devservers import demo_urls
+
+        urls = demo_urls(port)
+        start("sharepoint_sync", {"sync_config_id": "demo-drive", "drive_id": "drive-demo",
+                                  "base_url": urls["graph"]}, "Demo SharePoint drive")
+        start("sam_pull", {"search_id": "demo-search", "base_url": urls["sam"]}, "SAM.gov: demo search")
+        start("sam_refresh", {"search_id": "demo-refresh", "notice_ids": ["demo0001"], "base_url": urls["sam"]},
+              "SAM.gov: refresh demo0001")
+        start("forecast_sync", {"forecast_sync_id": "demo-forecasts", "base_url": urls["forecasts"]},
+              "Demo forecasts")
+        start("scrape", {"start_url": urls["site"] + "/", "collection_id": "demo-site", "max_depth": 2},
+              "Crawl the demo site")
+    return runs

@@ -19,6 +19,7 @@ from datetime import timedelta
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 
 from backend.db.engine import in_transaction
@@ -105,7 +106,7 @@ class DatabaseCollector(Collector):
                                        "Durations of the runs that ended in the last 24 h (recomputed per scrape)",
                                        labels=["run_type"])
         for run_type, values in sorted(by_type.items()):
-            buckets = [(str(b), sum(1 for v in values if v <= b)) for b in BUCKETS]
+            buckets = [(floatToGoString(b), sum(1 for v in values if v <= b)) for b in BUCKETS]
             buckets.append(("+Inf", len(values)))
             family.add_metric([run_type], buckets, sum(values))
         return family

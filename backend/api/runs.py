@@ -4,12 +4,13 @@ retry, boost, force-kill. Every read is scoped to the caller's organizations; ev
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query
-from pydantic import StringConstraints
+from pydantic import BeforeValidator, StringConstraints
 
 from backend import actions, audit
 from backend.api.deps import CurrentPrincipal
@@ -49,6 +50,16 @@ RunId = Annotated[uuid.UUID, Path(description="The run's id (a UUID)")]
 Limit = Annotated[int, Query(ge=1, le=200, description="Runs per page (at most 200)")]
 Cursor = Annotated[str | None, Query(max_length=500, pattern=r"^[A-Za-z0-9_=-]*$",
                                      description="`next_cursor` of the previous page")]
+
+
+def _iso_only(value: Any) -> Any:
+    """A date-time parameter is ISO 8601 (pydantic alone would also read ``0.5`` as a Unix time)."""
+    if not isinstance(value, datetime) and not re.match(r"\d{4}-\d{2}-\d{2}", str(value)):
+        raise ValueError("expected an ISO 8601 date-time, such as 2024-05-01T12:00:00Z")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_iso_only)]
 TypeKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -111,8 +122,8 @@ def list_runs(
     run_type: Annotated[list[TypeKey] | None, Query(alias="type", description="Job type keys")] = None,
     status: Annotated[list[RunStatus] | None, Query()] = None,
     origin: Annotated[list[RunOrigin] | None, Query()] = None,
-    created_from: Annotated[datetime | None, Query(description="Created at or after")] = None,
-    created_to: Annotated[datetime | None, Query(description="Created before")] = None,
+    created_from: Annotated[Timestamp | None, Query(description="Created at or after")] = None,
+    created_to: Annotated[Timestamp | None, Query(description="Created before")] = None,
     search: Annotated[str, Query(max_length=200, pattern=NO_NUL,
                                  description="Name, id (or its prefix), type or config values")] = "",
     parent: Annotated[uuid.UUID | None, Query(description="Only children of this run")] = None,
@@ -172,13 +183,12 @@ def get_logs(
     before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="The last events before this id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> LogPageOut:
-    """Without ``after``: the last ``limit`` events (the tail), oldest first; ``next_cursor`` is the newest
-    event's id, to pass as ``after`` when polling for newer ones."""
-    if after is not None and before is not None:
-        raise InvalidRequest("Invalid request: use either after or before, not both.")
+    """Without ``after``: the last ``limit`` events (the tail, before ``before`` if given), oldest first;
+    ``next_cursor`` is the newest event's id, to pass as ``after`` when polling for newer ones. With ``after``:
+    the first ``limit`` events after it (and before ``before`` if given)."""
     run = actions.visible_run(p, run_id)
     if after is not None:
-        events = queries.get_logs(run.id, after_id=after, limit=limit + 1)
+        events = queries.get_logs(run.id, after_id=after, limit=limit + 1, before_id=before)
         more, events = len(events) > limit, events[:limit]
         cursor = events[-1].id if events else after
     else:

@@ -512,10 +512,75 @@ def sample_forecasts() -> ForecastServer:
     ])
 
 
+class SiteServer:
+    """A small website for the scrape samples: linked pages, a robots.txt that keeps out /private/."""
+
+    PAGES = {
+        "/": ("Curatore demo site", "<p>Welcome. Read the <a href='/guide/'>guide</a>, the "
+              "<a href='/news/'>news</a> or <a href='https://example.org/'>elsewhere</a>.</p>"),
+        "/guide/": ("Guide", "<p>Jobs run in queues. See <a href='/guide/queues'>queues</a> and "
+                    "<a href='/private/notes'>private notes</a>.</p>"),
+        "/guide/queues": ("Queues", "<p>Each queue has a concurrency limit and runs by priority.</p>"),
+        "/news/": ("News", "<p>Version 1 ships live progress. <a href='/'>Home</a>.</p>"),
+        "/private/notes": ("Private", "<p>Robots must not read this.</p>"),
+    }
+
+    def __init__(self) -> None:
+        self._httpd: ThreadingHTTPServer | None = None
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        pages = self.PAGES
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = urlsplit(self.path).path
+                if path == "/robots.txt":
+                    body, kind, status = b"User-agent: *\nDisallow: /private/\n", "text/plain", 200
+                elif path in pages:
+                    title, html = pages[path]
+                    body = f"<html><head><title>{title}</title></head><body><h1>{title}</h1>{html}</body></html>"
+                    body, kind, status = body.encode(), "text/html; charset=utf-8", 200
+                else:
+                    body, kind, status = b"not found", "text/plain", 404
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return f"http://{host}:{self._httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+
+DEMO_SERVERS = ("graph", "sam", "forecasts", "site")  # their ports: the base port, +1, +2, +3
+
+
+def demo_urls(base_port: int) -> dict[str, str]:
+    urls = {name: f"http://127.0.0.1:{base_port + i}" for i, name in enumerate(DEMO_SERVERS)}
+    urls["graph"] += GraphServer.prefix
+    return urls
+
+
 def main() -> None:
-    servers = {"Microsoft Graph": sample_graph(), "SAM.gov": sample_sam(), "Forecasts": sample_forecasts()}
-    for label, server in servers.items():
-        print(f"{label:16} {server.start()}", flush=True)
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Local stand-ins of Microsoft Graph, SAM.gov, a forecast API "
+                                                 "and a small website, with sample data.")
+    parser.add_argument("--port", type=int, default=0, help="first port (graph; sam, forecasts, site follow); "
+                                                            "0 picks free ports")
+    args = parser.parse_args()
+    servers = {"graph": sample_graph(), "sam": sample_sam(), "forecasts": sample_forecasts(), "site": SiteServer()}
+    for i, (label, server) in enumerate(servers.items()):
+        print(f"{label:10} {server.start(port=args.port + i if args.port else 0)}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -69,14 +69,13 @@ def list_runs(
 
 
 def get_logs(
-    run_id: uuid.UUID, *, after_id: int = 0, limit: int = 500, session: Session | None = None
+    run_id: uuid.UUID, *, after_id: int = 0, limit: int = 500, before_id: int | None = None,
+    session: Session | None = None,
 ) -> list[RunLogEvent]:
-    query = (
-        select(RunLogEvent)
-        .where(RunLogEvent.run_id == run_id, RunLogEvent.id > after_id)
-        .order_by(RunLogEvent.id)
-        .limit(limit)
-    )
+    query = select(RunLogEvent).where(RunLogEvent.run_id == run_id, RunLogEvent.id > after_id)
+    if before_id is not None:
+        query = query.where(RunLogEvent.id < before_id)
+    query = query.order_by(RunLogEvent.id).limit(limit)
     return list(in_transaction(lambda s: s.execute(query).scalars().all(), session))
 
 

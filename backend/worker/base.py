@@ -25,7 +25,7 @@ from celery import Task
 from backend.config import Settings, get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, Run
-from backend.errors import CuratoreError, JobCancelled, NotFound
+from backend.errors import CuratoreError, DatabaseUnavailable, JobCancelled, NotFound
 from backend.queues.registry import JobType, get_registry
 from backend.runs import groups, service
 from backend.runs.progress import ProgressTracker
@@ -89,7 +89,10 @@ class JobContext:
     def check_cancelled(self) -> None:
         """Raise :class:`JobCancelled` if a cancel was requested. Call it between units of work."""
         if not self._cancel_seen.is_set():
-            status = in_transaction(lambda s: s.get(Run, self.run_id).status)
+            try:
+                status = in_transaction(lambda s: s.get(Run, self.run_id).status)
+            except DatabaseUnavailable:  # away for a moment (a restart): the heartbeat passes a cancel on later
+                status = None
             if status in (S.CANCELLING, S.CANCELLED):
                 self._cancel_seen.set()
         if self._cancel_seen.is_set():
