@@ -66,7 +66,7 @@ def force_kill(principal: Principal, run_id: uuid.UUID | str) -> bool:
     return done
 
 
-# --------------------------------------------------------------------------- scheduled tasks (admins of their organization)
+# --------------------------------------------------------------------------- scheduled tasks (their org's admins)
 
 
 def visible_schedule(principal: Principal, name: str) -> ScheduledTask:

@@ -16,6 +16,7 @@ from backend import actions, audit
 from backend.api.deps import CurrentPrincipal
 from backend.api.errors import InvalidRequest
 from backend.api.schemas import (
+    NO_NUL,
     AuditList,
     AuditOut,
     BoostOut,
@@ -35,7 +36,7 @@ from backend.api.schemas import (
     error_responses,
 )
 from backend.auth.access import Principal
-from backend.auth.orgs import SLUG, get_org
+from backend.auth.orgs import get_org
 from backend.db.models import Organization, Run
 from backend.errors import CuratoreError, NotFound
 from backend.queues.registry import get_registry
@@ -45,7 +46,6 @@ from backend.runs.states import RunOrigin, RunStatus
 router = APIRouter(tags=["runs"], responses=error_responses(401, 404, 422, 503))
 
 MAX_ID = 2**63 - 1
-NO_NUL = r"^[^\x00]*$"
 RunId = Annotated[uuid.UUID, Path(description="The run's id (a UUID)")]
 Limit = Annotated[int, Query(ge=1, le=200, description="Runs per page (at most 200)")]
 Cursor = Annotated[str | None, Query(max_length=500, pattern=r"^[A-Za-z0-9_=-]*$",
@@ -107,8 +107,6 @@ def create_run(p: CurrentPrincipal, body: RunCreate) -> RunOut:
     or running on the same resource is refused (409 ``duplicate_run``). Needs the member role."""
     if has_nul([body.run_type, body.name or "", body.config]):
         raise InvalidRequest("Invalid request: text may not contain NUL characters.")
-    if not SLUG.match(body.organization):
-        raise NotFound(f"No organization {body.organization!r}.")
     org = visible_org(p, body.organization)
     run = actions.submit(p, body.run_type, body.config, org.id, priority=body.priority, display_name=body.name)
     return one(run)
@@ -132,9 +130,10 @@ def list_runs(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> PageOut:
+    visible = p.visible_orgs()
     q = listing.ListQuery(
         organization_id=visible_org(p, organization).id if organization else None,
-        organization_ids=None if p.visible_orgs() is None else frozenset(p.visible_orgs() or ()),
+        organization_ids=None if visible is None else frozenset(visible),
         run_types=tuple(_type_key(t) for t in run_type or ()),
         statuses=tuple(status or ()),
         origins=tuple(origin or ()),

@@ -13,6 +13,8 @@ from backend.queues.registry import get_registry
 from backend.runs.listing import Page, group_counts
 from backend.runs.states import LogLevel, RunOrigin, RunStatus
 
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -129,12 +131,12 @@ class RunCreate(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="Validated against the type's config schema")
     organization: str = Field(min_length=1, max_length=64, description="The organization's slug")
     priority: int | None = Field(default=None, ge=0, le=4, description="0 (lowest) to 4; the type's default if unset")
-    name: str | None = Field(default=None, max_length=300, description="Display name")
+    name: str | None = Field(default=None, max_length=300, pattern=NO_NUL, description="Display name")
 
 
 class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class CancelOut(BaseModel):
@@ -145,7 +147,7 @@ class CancelOut(BaseModel):
 class BulkCancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run_ids: list[uuid.UUID] = Field(min_length=1, max_length=500)
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class BulkCancelItem(BaseModel):

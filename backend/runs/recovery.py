@@ -4,8 +4,11 @@ A running run's worker renews its lease every heartbeat. :func:`sweep`, run by e
 ``CURATORE_SWEEP_SECONDS`` (and by the maintenance job), then:
 
 1. marks ``stale`` a running run whose lease has expired (a heartbeat brings it back to running);
-2. re-queues a stale run whose lease expired more than two heartbeats ago, while the type's attempts allow
-   (``retry_policy.max_attempts`` dispatches), else ends it ``timed_out``;
+2. re-queues a run that has been stale for two heartbeats (and whose lease expired more than two heartbeats
+   ago), while the type's attempts allow (``retry_policy.max_attempts`` dispatches), else ends it
+   ``timed_out``. Counting from the moment it went stale gives a live worker's heartbeat two chances to bring
+   it back after every lease expired at once (the database was away longer than a lease); and only a run
+   still stale is moved (one revived since it was read is left alone);
 3. ends ``cancelled`` a cancelling run whose lease has expired (its process is gone);
 4. ends ``timed_out`` a run with no activity for longer than its type's timeout.
 
@@ -33,10 +36,12 @@ log = logging.getLogger(__name__)
 S = RunStatus
 
 
-def _expired(statuses: tuple[RunStatus, ...], before: Any) -> list[Any]:
+def _expired(statuses: tuple[RunStatus, ...], before: Any, *, unchanged_since: Any = None) -> list[Any]:
     stmt = select(Run.id, Run.run_type, Run.dispatch_attempt, Run.lease_expires_at).where(
         Run.status.in_(statuses), Run.lease_expires_at.is_not(None), Run.lease_expires_at < before
     )
+    if unchanged_since is not None:  # its last transition (or activity) is older than this
+        stmt = stmt.where(Run.last_activity_at < unchanged_since)
     return list(in_transaction(lambda s: s.execute(stmt).all()))
 
 
@@ -50,16 +55,16 @@ def sweep() -> dict[str, int]:
         if service.mark_stale(run_id, "No heartbeat from its worker: its lease expired"):
             counts["stale"] += 1
     grace = now - timedelta(seconds=2 * settings.heartbeat_seconds)
-    for run_id, run_type, dispatches, lease in _expired((S.STALE,), grace):
+    for run_id, run_type, dispatches, lease in _expired((S.STALE,), grace, unchanged_since=grace):
         job_type = registry.find(run_type)
         attempts = job_type.retry_policy.max_attempts if job_type else 1
         silent = int((now - lease).total_seconds())
         if dispatches < attempts:
             if service.requeue(run_id, f"Its worker was lost (no heartbeat for {silent} s past its lease); "
-                                       f"re-queued for dispatch {dispatches + 1} of {attempts}"):
+                                       f"re-queued for dispatch {dispatches + 1} of {attempts}", expect={S.STALE}):
                 counts["requeued"] += 1
         elif service.time_out(run_id, f"Its worker was lost (no heartbeat for {silent} s past its lease) "
-                                      f"after {dispatches} dispatch(es); not re-queued again"):
+                                      f"after {dispatches} dispatch(es); not re-queued again", expect={S.STALE}):
             counts["timed_out"] += 1
     for run_id, *_ in _expired((S.CANCELLING,), now):
         if service.mark_cancelled(run_id, "Cancelled: its worker stopped before acknowledging", stage="forced"):

@@ -326,10 +326,11 @@ def mark_stale(run_id: uuid.UUID, message: str) -> bool:
     return _change(run_id, S.STALE, message, level=LogLevel.WARN, expect={S.RUNNING}) is not None
 
 
-def requeue(run_id: uuid.UUID, message: str, session: Session | None = None) -> bool:
+def requeue(run_id: uuid.UUID, message: str, session: Session | None = None, *,
+            expect: set[RunStatus] | None = None) -> bool:
     """Back to pending (its worker was lost, or its publish failed); the dispatcher sends it again."""
     return _change(run_id, S.PENDING, message, session, level=LogLevel.WARN,
-                   values={"celery_task_id": None, "worker_hostname": None}) is not None
+                   values={"celery_task_id": None, "worker_hostname": None}, expect=expect) is not None
 
 
 def force_kill(run_id: uuid.UUID, by: str) -> bool:
@@ -369,8 +370,9 @@ def fail(
     )
 
 
-def time_out(run_id: uuid.UUID, message: str) -> bool:
-    return _change(run_id, S.TIMED_OUT, message, level=LogLevel.ERROR, values={"error_message": message}) is not None
+def time_out(run_id: uuid.UUID, message: str, *, expect: set[RunStatus] | None = None) -> bool:
+    return _change(run_id, S.TIMED_OUT, message, level=LogLevel.ERROR, values={"error_message": message},
+                   expect=expect) is not None
 
 
 def mark_cancelled(

@@ -8,11 +8,14 @@ from typing import Any
 
 import reflex as rx
 
+from backend import actions, schedules
+from backend.errors import CuratoreError
 from backend.queues import stats, workers
+from curatore_ui.components.status_badge import status_badge
 from curatore_ui.components.layout import layout
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.session import principal_or_redirect
-from curatore_ui.state.views import ago
+from curatore_ui.state.views import ago, duration_text, run_href, ts
 
 
 @dataclasses.dataclass
@@ -37,12 +40,33 @@ class WorkerRow:
     started: str = ""
 
 
+@dataclasses.dataclass
+class ScheduleRow:
+    name: str = ""
+    description: str = ""
+    run_type: str = ""
+    every: str = ""
+    enabled: bool = True
+    last_run_href: str = ""
+    last_status: str = ""
+    last_run: str = ""
+    next_run: str = ""
+
+
+def _schedule_row(d: dict[str, Any]) -> ScheduleRow:
+    return ScheduleRow(d["name"], d["description"], d["run_type"], f"every {duration_text(d['interval_seconds'])}",
+                       d["enabled"], run_href(d["last_run_id"]) if d["last_run_id"] else "",
+                       d["last_run_status"] or "", ago(d["last_run_at"]) if d["last_run_at"] else "never",
+                       ts(d["next_run_at"]) if d["next_run_at"] and d["enabled"] else "")
+
+
 def _read() -> dict[str, Any]:
     queues = [QueueRow(**q, load=min(100, int(100 * q["running"] / q["limit"])) if q["limit"] else 0)
               for q in stats.queue_depths()]
     nodes = [WorkerRow(w["hostname"], ", ".join(w["queues"]), w["concurrency"], w["active_runs"],
                        ago(w["last_seen_at"]), ago(w["started_at"])) for w in workers.online()]
-    return {"queues": queues, "workers": nodes, "history": stats.history(12)}
+    plans = [_schedule_row(schedules.describe(t)) for t in schedules.list_schedules()]
+    return {"queues": queues, "workers": nodes, "history": stats.history(12), "schedules": plans}
 
 
 class QueuesState(rx.State):
@@ -50,6 +74,8 @@ class QueuesState(rx.State):
     queues: list[QueueRow] = []
     workers: list[WorkerRow] = []
     history: list[dict[str, Any]] = []
+    schedules: list[ScheduleRow] = []
+    notice: str = ""
 
     denied: bool = False
 
@@ -70,6 +96,24 @@ class QueuesState(rx.State):
     async def _refresh(self) -> None:
         data = await asyncio.to_thread(_read)
         self.queues, self.workers, self.history = data["queues"], data["workers"], data["history"]
+        self.schedules = data["schedules"]
+
+    async def _schedule_action(self, action: Any, *args: Any) -> None:
+        principal = (await principal_or_redirect(self))[0]
+        try:
+            await asyncio.to_thread(action, principal, *args)
+            self.notice = ""
+        except CuratoreError as exc:
+            self.notice = exc.message
+        await self._refresh()
+
+    @rx.event
+    async def toggle_schedule(self, name: str, enabled: bool) -> None:
+        await self._schedule_action(actions.set_schedule_enabled, name, enabled)
+
+    @rx.event
+    async def trigger_schedule(self, name: str) -> None:
+        await self._schedule_action(actions.trigger_schedule, name)
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
         if any(e["kind"] in ("created", "status") for e in events):
@@ -145,6 +189,40 @@ def _workers() -> rx.Component:
     )
 
 
+def _schedules() -> rx.Component:
+    def row(t: rx.Var[ScheduleRow]) -> rx.Component:
+        return rx.table.row(
+            rx.table.cell(rx.vstack(rx.text(t.name, weight="medium", size="2"),
+                                    rx.text(t.description, size="1", color_scheme="gray"), spacing="0")),
+            rx.table.cell(rx.code(t.run_type, size="1")),
+            rx.table.cell(rx.text(t.every, size="1")),
+            rx.table.cell(rx.cond(t.last_run_href != "",
+                                  rx.link(status_badge(t.last_status, size="1"), " ", t.last_run, href=t.last_run_href,
+                                          size="1"),
+                                  rx.text(t.last_run, size="1", color_scheme="gray"))),
+            rx.table.cell(rx.text(t.next_run, size="1")),
+            rx.table.cell(rx.hstack(
+                rx.switch(checked=t.enabled, on_change=lambda v: QueuesState.toggle_schedule(t.name, v), size="1",
+                          data_testid="schedule-enabled"),
+                rx.button("Run now", size="1", variant="soft", on_click=QueuesState.trigger_schedule(t.name),
+                          data_testid="schedule-trigger"),
+                align="center")),
+            data_testid="schedule-row", data_name=t.name,
+        )
+
+    return rx.card(
+        rx.heading("Scheduled tasks", size="3"),
+        rx.cond(QueuesState.notice != "", rx.text(QueuesState.notice, size="1", color_scheme="red")),
+        rx.table.root(
+            rx.table.header(rx.table.row(*[rx.table.column_header_cell(h) for h in
+                                           ("Task", "Runs", "Cadence", "Last run", "Next run", "")])),
+            rx.table.body(rx.foreach(QueuesState.schedules, row)),
+            width="100%", size="1",
+        ),
+        width="100%",
+    )
+
+
 def page() -> rx.Component:
     return layout(
         "Queues",
@@ -154,4 +232,5 @@ def page() -> rx.Component:
                 spacing="4", width="100%"),
         _charts(),
         _workers(),
+        _schedules(),
     )

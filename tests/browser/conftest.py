@@ -44,6 +44,7 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
         "CURATORE_HEARTBEAT_SECONDS": "1",
         "CURATORE_PROGRESS_MIN_INTERVAL": "0.05",
         "CURATORE_LIVE_POLL_SECONDS": "0.2",
+        "CURATORE_ALLOW_PRIVATE_FETCH": "true",
         "PYTHONPATH": str(ROOT),
     }
     saved = {k: os.environ.get(k) for k in [*backend.env, "CURATORE_REDIS_URL"]}

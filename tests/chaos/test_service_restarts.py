@@ -417,8 +417,9 @@ def test_postgres_restart_mid_run(throwaway: Backend, chaos_worker: WorkerProces
 @pytest.mark.timeout(240)
 def test_postgres_down_longer_than_the_lease(throwaway: Backend, chaos_worker: WorkerProcess, servers,
                                              tmp_path: Path) -> None:
-    """PostgreSQL away for longer than a lease: every lease expires meanwhile. The run ends (never stuck),
-    the worker survives and serves the next run; which end it gets is printed, with its log."""
+    """PostgreSQL away for longer than a lease: every lease expires meanwhile, and when it is back the sweep
+    may mark the run stale before its heartbeat renews the lease. The heartbeat brings it back (a run is
+    re-queued or timed out only after two heartbeats stale), so the run completes; the worker survives."""
     from backend.auth.orgs import ensure_org
 
     pg, _ = servers
@@ -434,7 +435,7 @@ def test_postgres_down_longer_than_the_lease(throwaway: Backend, chaos_worker: W
     down = time.monotonic() - t0
     _release(gate)
     outcome, ended_after = _wait_terminal(before, "the run to end after the long PostgreSQL outage", chaos_worker)
-    assert outcome in (S.COMPLETED, S.FAILED, S.TIMED_OUT), _explain(before, chaos_worker)
+    assert outcome is S.COMPLETED, _explain(before, chaos_worker)
     after = _submit(org.id, None)
     after_outcome, after_seconds = _wait_terminal(after, "a run submitted after the outage to end", chaos_worker)
     assert after_outcome is S.COMPLETED, _explain(after, chaos_worker)

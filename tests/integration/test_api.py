@@ -347,7 +347,7 @@ def test_errors_are_json_with_a_stable_code_and_a_message_naming_the_field(api):
     error_of(api.call("a_member", "DELETE", "/runs"), 405, "method_not_allowed")
 
 
-def test_an_unexpected_exception_is_a_json_500_without_a_traceback(backend):  # type: ignore[no-untyped-def]
+def test_an_unexpected_exception_is_a_json_500_without_a_traceback() -> None:
     app = create_api()
 
     @app.get("/api/v1/boom")
@@ -363,7 +363,7 @@ def test_an_unexpected_exception_is_a_json_500_without_a_traceback(backend):  # 
 # --------------------------------------------------------------------------- with a real worker
 
 
-def test_a_run_created_through_the_api_runs_on_a_worker_with_logs_and_groups(api, worker):  # type: ignore[no-untyped-def]
+def test_a_run_created_through_the_api_runs_on_a_worker_with_logs_and_groups(api, worker):  # type: ignore
     run = api.ok("a_member", "POST", "/runs", 201, json={"run_type": "q_work", "config": {"ms": 30, "label": "x"},
                                                           "organization": "acme", "priority": 3})
     done = api.wait_status("a_viewer", run["id"], "completed")

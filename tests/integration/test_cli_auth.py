@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def curatore(backend, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def curatore(backend, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:  # type: ignore
     env = {**os.environ, **backend.env}
     if backend.redis_url is None:
         env.pop("CURATORE_REDIS_URL", None)

@@ -128,8 +128,8 @@ def test_queues():
 
 def test_types_that_spawn_children():
     spawning = {t.key for t in get_registry().types.values() if t.has_child_jobs}
-    assert {"upload", "sharepoint_sync", "sam_pull", "sam_refresh", "scrape", "pipeline"} <= spawning
-    assert "extraction" not in spawning
+    assert {"upload", "sharepoint_sync", "sam_pull", "sam_refresh", "pipeline"} <= spawning
+    assert "extraction" not in spawning and "scrape" not in spawning  # a scrape extracts its pages itself
     assert get_registry().resolve("pipeline").cancel_cascade == "all"
 
 
