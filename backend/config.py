@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     lease_seconds: float = 30.0
     # How long a cooperative cancel may take before the run's process is killed.
     cancel_grace_seconds: float = 10.0
+    # A submitted run that no worker started within this time goes back to the queue.
+    start_timeout_seconds: float = 300.0
     # How often each worker node sweeps for expired leases and dispatches pending runs.
     sweep_seconds: float = 5.0
     # Boosts per organization per minute.

@@ -10,7 +10,8 @@ A running run's worker renews its lease every heartbeat. :func:`sweep`, run by e
    it back after every lease expired at once (the database was away longer than a lease); and only a run
    still stale is moved (one revived since it was read is left alone);
 3. ends ``cancelled`` a cancelling run whose lease has expired (its process is gone);
-4. ends ``timed_out`` a run with no activity for longer than its type's timeout.
+4. ends ``timed_out`` a run with no activity for longer than its type's timeout;
+5. re-queues a submitted run that no worker started within ``CURATORE_START_TIMEOUT_SECONDS``.
 
 Group parents whose own work is done hold no lease while their children run, so they are exempt.
 The database is the source of truth: nothing waits for Celery to redeliver a lost message.
@@ -70,9 +71,21 @@ def sweep() -> dict[str, int]:
         if service.mark_cancelled(run_id, "Cancelled: its worker stopped before acknowledging", stage="forced"):
             counts["cancelled"] += 1
     counts["inactive"] = _time_out_inactive(registry, now)
+    counts["unstarted"] = _requeue_unstarted(now - timedelta(seconds=settings.start_timeout_seconds))
     if any(counts.values()):
         log.info("recovery sweep: %s", counts)
     return counts
+
+
+def _requeue_unstarted(before: Any) -> int:
+    """A submitted run no worker started in time (its message was lost with a killed worker, say) goes back
+    to the queue; if the old message turns up later, it carries an old dispatch attempt and does nothing."""
+    stmt = select(Run.id).where(Run.status == S.SUBMITTED, Run.submitted_to_celery_at < before)
+    moved = 0
+    for (run_id,) in in_transaction(lambda s: s.execute(stmt).all()):
+        if service.requeue(run_id, "No worker started it in time; back to the queue", expect={S.SUBMITTED}):
+            moved += 1
+    return moved
 
 
 def _time_out_inactive(registry: Any, now: Any) -> int:

@@ -6,11 +6,15 @@ root) on a free port, and a ``redis-server`` without persistence on another free
 migrated; one real worker (concurrency 2) uses that Redis as its broker and for ``CURATORE_REDIS_URL``.
 Heartbeat 0.5 s, lease 2 s, sweep 0.5 s in every process.
 
-(a) Redis restarted mid-run: a gated run is running; Redis stops (its data is gone: no persistence); the
+(a) Redis restarted while no task is in flight: worker and submitter reconnect; the next run completes.
+(a') Redis restarted mid-run: a gated run is running; Redis stops (its data is gone: no persistence); the
     gate is released while it is down; Redis starts again on the same port. The run ends (completed or
-    failed, never stuck), and a run submitted after the restart completes: worker and submitter
-    reconnect by themselves.
-(b) PostgreSQL restarted mid-run (``pg_ctl restart -m fast``, every connection cut): the same.
+    failed, never stuck), and runs submitted after the restart complete. XFAIL (strict): the worker dies of
+    a kombu error while cleaning up the lost connection (see the marker's reason).
+(b) PostgreSQL restarted mid-run (``pg_ctl restart -m fast``, every connection cut): the run completes
+    (a cancel check that cannot reach the database does not fail the run), the next run completes.
+(c) PostgreSQL down for longer than a lease (4 s, lease 2 s): every lease expires meanwhile; the run's
+    heartbeat brings it back before recovery re-queues or times it out, and it completes.
 
 Timings are printed. Servers are stopped and their directories removed even when a test fails.
 """
@@ -37,7 +41,7 @@ from tests.conftest import CI, Backend, WorkerProcess, require, reset_process_st
 from tests.processes import free_port
 from tests.support import wait_for
 
-pytestmark = [pytest.mark.slow]  # and pytest.mark.chaos, once the marker is registered in pyproject.toml
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 S = RunStatus
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,7 +218,8 @@ def servers() -> Iterator[tuple[ThrowawayPostgres, ThrowawayRedis]]:
 def throwaway(servers: tuple[ThrowawayPostgres, ThrowawayRedis], tmp_path: Path) -> Iterator[Backend]:
     """A Backend pointing this process (and the workers) at the throwaway servers."""
     pg, rd = servers
-    rd.start() if rd.proc is None or rd.proc.poll() is not None else None  # a failed test may have left it down
+    if rd.proc is None or rd.proc.poll() is not None:  # a failed test may have left it down
+        rd.start()
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     backend = Backend("postgres", pg.url("curatore"), rd.url, rd.url, data_dir)
@@ -401,7 +406,7 @@ def test_postgres_restart_mid_run(throwaway: Backend, chaos_worker: WorkerProces
     restarted_in = time.monotonic() - t0
     _release(gate)
     outcome, ended_after = _wait_terminal(before, "the run released after the PostgreSQL restart to end", chaos_worker)
-    assert outcome in (S.COMPLETED, S.FAILED), _explain(before, chaos_worker)
+    assert outcome is S.COMPLETED, _explain(before, chaos_worker)
 
     after = _submit(org.id, None)
     after_outcome, after_seconds = _wait_terminal(after, "a run submitted after the PostgreSQL restart to end", chaos_worker)
