@@ -42,6 +42,7 @@ class Watch:
     organization_id: str | None = None  # a list scope
     all_organizations: bool = False  # a system-wide list scope
     resources: tuple[tuple[str, str], ...] = ()  # (resource_type, resource_id) pairs
+    parent_run_ids: tuple[str, ...] = ()  # events of these runs' children
     since_seq: int = 0
     page: bool = True  # a page's watch; False for a panel's, which lives beside the page's
     visible_orgs: frozenset[str] | None = None  # the client's organizations (None: all, a system admin)
@@ -57,6 +58,8 @@ class Watch:
         if self.all_organizations or (self.organization_id and event["organization_id"] == self.organization_id):
             return True
         if self.resources and (run.get("resource_type"), run.get("resource_id")) in self.resources:
+            return True
+        if self.parent_run_ids and run.get("parent_run_id") in self.parent_run_ids:
             return True
         return False
 

@@ -93,22 +93,30 @@ class ActiveJobsState(rx.State):
         self.specs[key] = [resource_type, str(resource_id), job_type]
         self.panels[key] = await asyncio.to_thread(read_panel, resource_type, str(resource_id), job_type, self._orgs)
         self.live_seq = min(self.live_seq, seq) if self.live_seq else seq
+        self._watch()
+
+    def _watch(self) -> None:
+        """Follow the tracked resources, and the children of the group parents the panels show."""
         resources = tuple(sorted({(t, i) for t, i, _ in self.specs.values()}))
+        parents = tuple(sorted({j.id for jobs in self.panels.values() for j in jobs if j.is_parent}))
         bridge.watch(self.router.session.client_token,
-                     Watch(ActiveJobsState, resources=resources, since_seq=self.live_seq, page=False,
-                           visible_orgs=scope))
+                     Watch(ActiveJobsState, resources=resources, parent_run_ids=parents, since_seq=self.live_seq,
+                           page=False, visible_orgs=None if self._orgs is None else frozenset(self._orgs)))
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
-        touched = {(e["payload"]["run"].get("resource_type"), e["payload"]["run"].get("resource_id"))
-                   for e in events}
+        runs = [e["payload"]["run"] for e in events]
+        touched = {(r.get("resource_type"), r.get("resource_id")) for r in runs}
+        parents = {r.get("parent_run_id") for r in runs} - {None}
         fired = []
         for key, (resource_type, resource_id, job_type) in list(self.specs.items()):
-            if (resource_type, resource_id) not in touched:
+            shown = {j.id for j in self.panels.get(key, [])}
+            if (resource_type, resource_id) not in touched and not shown & parents:
                 continue
             before = len(self.panels.get(key, []))
             self.panels[key] = await asyncio.to_thread(read_panel, resource_type, resource_id, job_type, self._orgs)
             if before and not self.panels[key] and key in CALLBACKS:
                 fired.append(CALLBACKS[key])
+        self._watch()
         return fired
 
     def jobs_for(self, key: str) -> list[PanelJob]:

@@ -33,6 +33,8 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
     data_dir = tmp_path_factory.mktemp("app") / "data"
     data_dir.mkdir()
     shutil.copy(_sqlite_template, data_dir / "curatore.db")
+    overrides = data_dir / "overrides.json"  # children one at a time, so a child grid visibly counts up
+    overrides.write_text('{"queues": {"extraction": {"max_concurrency": 1}}}')
     backend = Backend("sqlite", f"sqlite:///{data_dir / 'curatore.db'}",
                       f"curatore-sqla+sqlite:///{data_dir / 'broker.db'}", None, data_dir)
     backend.env = {
@@ -45,6 +47,7 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
         "CURATORE_PROGRESS_MIN_INTERVAL": "0.05",
         "CURATORE_LIVE_POLL_SECONDS": "0.2",
         "CURATORE_ALLOW_PRIVATE_FETCH": "true",
+        "CURATORE_REGISTRY_OVERRIDES": str(overrides),
         "PYTHONPATH": str(ROOT),
     }
     saved = {k: os.environ.get(k) for k in [*backend.env, "CURATORE_REDIS_URL"]}
