@@ -36,6 +36,9 @@ def main() -> None:
            "PYTHONPATH": str(ROOT)}
     os.environ.pop("CURATORE_REDIS_URL", None)
     cli(env, "migrate")
+    cli(env, "orgs", "create", "demo", "--name", "Demo")
+    cli(env, "users", "create", "admin@curatore.local", "--password", "screenshots", "--system-admin",
+        "--org", "demo", "--role", "admin")
     worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "-c", "2", "-l", "warning"], cwd=ROOT,
                               env={**os.environ, **env}, start_new_session=True)
     ui = UIProcess(env, free_port(), data_dir / "ui.log")
@@ -47,6 +50,12 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(f"{ui.url}/login")
+            page.screenshot(path=str(OUT / "login.png"))
+            page.fill("[data-testid=login-email]", "admin@curatore.local")
+            page.fill("[data-testid=login-password]", "screenshots")
+            page.click("[data-testid=login-submit]")
+            page.wait_for_selector("[data-testid=signed-in-as]")
             page.goto(f"{ui.url}/system/jobs")
             page.click("[data-testid=start-samples]")
             cli(env, "submit", "test_steps", "--config", json.dumps({"steps": 1, "fail_at": 1}), "--name",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,20 +51,39 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
         "CURATORE_REGISTRY_OVERRIDES": str(overrides),
         "PYTHONPATH": str(ROOT),
     }
+    with _applied(backend):
+        from backend.auth.orgs import ensure_org
+        from backend.auth.users import create_user, set_role
+
+        admin = create_user(ADMIN[0], ADMIN[1], system_admin=True)
+        set_role(admin.id, ensure_org("demo").id, "admin")
+    yield backend
+
+
+@contextmanager
+def _applied(backend: Backend) -> Iterator[None]:
+    """The app's environment in this process, restored afterwards (other suites must not inherit it)."""
     saved = {k: os.environ.get(k) for k in [*backend.env, "CURATORE_REDIS_URL"]}
     backend.apply()
-    from backend.auth.orgs import ensure_org
-    from backend.auth.users import create_user, set_role
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_process_state()
 
-    admin = create_user(ADMIN[0], ADMIN[1], system_admin=True)
-    set_role(admin.id, ensure_org("demo").id, "admin")
-    yield backend
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    reset_process_state()
+
+@pytest.fixture(autouse=True)
+def _app_environment(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each browser test talks to the app's database and registry from this process too."""
+    if "app_backend" not in request.fixturenames and "app" not in request.fixturenames:
+        yield
+        return
+    with _applied(request.getfixturevalue("app_backend")):
+        yield
 
 
 @pytest.fixture(scope="session")

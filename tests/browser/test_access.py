@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import log_in
+from tests.browser.conftest import _applied, log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -16,11 +16,12 @@ def two_orgs(app_backend):  # type: ignore[no-untyped-def]
     from backend.auth.users import create_user, set_role
     from backend.runs.service import create_run
 
-    acme, demo = ensure_org("acme", "Acme"), ensure_org("demo")
-    member = create_user("member@acme.test", "member-password")
-    set_role(member.id, acme.id, "member")
-    mine = create_run("test_steps", {"steps": 1}, organization_id=acme.id, display_name="acme-visible-run")
-    theirs = create_run("test_steps", {"steps": 1}, organization_id=demo.id, display_name="demo-hidden-run")
+    with _applied(app_backend):  # module fixtures come before the per-test environment
+        acme, demo = ensure_org("acme", "Acme"), ensure_org("demo")
+        member = create_user("member@acme.test", "member-password")
+        set_role(member.id, acme.id, "member")
+        mine = create_run("test_steps", {"steps": 1}, organization_id=acme.id, display_name="acme-visible-run")
+        theirs = create_run("test_steps", {"steps": 1}, organization_id=demo.id, display_name="demo-hidden-run")
     return {"mine": mine, "theirs": theirs}
 
 
