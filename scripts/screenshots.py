@@ -64,12 +64,12 @@ def main() -> None:
                           "--name", "Re-index collection")
             for n in range(1, 7):
                 (gate / str(n)).touch()
-            page.wait_for_selector("[data-testid=run-row][data-status=completed]")
+            page.wait_for_selector("[data-testid=run-row][data-status=completed]", timeout=120_000)
             time.sleep(3)
             page.screenshot(path=str(OUT / "jobs.png"), full_page=True)
             upload = json.loads(cli(env, "runs", "list", "--type", "upload", "--json"))[0]["id"]
             page.goto(f"{ui.url}/system/jobs/{upload}")
-            page.wait_for_selector("[data-testid=status-badge][data-status=completed]")
+            page.wait_for_selector("[data-testid=status-badge][data-status=completed]", timeout=120_000)
             page.screenshot(path=str(OUT / "detail.png"), full_page=True)
             page.goto(f"{ui.url}/system/jobs/{running}")
             page.wait_for_selector("[data-testid=progress-counter]")
