@@ -80,7 +80,6 @@ class Bridge:
         self._catch_ups: list[tuple[str, Watch]] = []
         self._seen: dict[str, float] = {}  # token -> when it was last seen connected
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.delivered = 0
 
     # ------------------------------------------------------------------ registry
     def watch(self, token: str, watch: Watch) -> None:
@@ -100,12 +99,6 @@ class Bridge:
         """The ``visible_orgs`` of a watch for this principal."""
         orgs = principal.visible_orgs()
         return None if orgs is None else frozenset(str(o) for o in orgs)
-
-    def unwatch(self, token: str, state: type[rx.State] | None = None) -> None:
-        if state is None:
-            self.watches.pop(token, None)
-        else:
-            self.watches.get(token, {}).pop(state, None)
 
     def wake(self) -> None:
         """Make the listener look at the outbox now (safe from any thread)."""
@@ -193,7 +186,6 @@ class Bridge:
                     state.live_seq = fresh[-1]["seq"]
                 if follow_up:
                     await self._emit_events(token, follow_up)
-                self.delivered += 1
             except Exception:
                 log.exception("live update to %s failed", token)
 

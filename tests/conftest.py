@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("CURATORE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -254,17 +256,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Cold shutdown (SIGQUIT: the tests are done with it), then SIGKILL to the group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        stop_group(self.proc, signal.SIGQUIT, 15)
         self._log.close()
 
 

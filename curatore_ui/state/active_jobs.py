@@ -118,6 +118,3 @@ class ActiveJobsState(rx.State):
                 fired.append(CALLBACKS[key])
         self._watch()
         return fired
-
-    def jobs_for(self, key: str) -> list[PanelJob]:
-        return self.panels.get(key, [])
