@@ -10,6 +10,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 
@@ -45,9 +46,16 @@ def format_of(filename: str) -> str:
     return EXTENSIONS.get(PurePath(filename).suffix.lower(), "text")
 
 
-def extract(filename: str, data: bytes) -> Extracted:
+PageHook = Callable[[int, int], None]
+
+
+def extract(filename: str, data: bytes, on_page: PageHook | None = None) -> Extracted:
+    """The text of a file. ``on_page(done, total)`` is called after each page of a PDF (the one format
+    long enough to need it): for progress, and to stop by raising (a cancel) between pages."""
     fmt = format_of(filename)
-    return {"pdf": _pdf, "docx": _docx}.get(fmt, _textual)(filename, data, fmt)
+    if fmt == "pdf":
+        return _pdf(filename, data, on_page)
+    return {"docx": _docx}.get(fmt, _textual)(filename, data, fmt)
 
 
 def _sniff(data: bytes) -> str | None:
@@ -136,17 +144,28 @@ def _csv(filename: str, text: str) -> Extracted:
     return Extracted(body, "csv", {"rows": max(len(rows) - 1, 0), "columns": columns[:50]})
 
 
-def _pdf(filename: str, data: bytes, fmt: str) -> Extracted:
+def _pdf(filename: str, data: bytes, on_page: PageHook | None) -> Extracted:
     if not data.startswith(b"%PDF-"):
         raise UnsupportedFile(f"{filename} is named like a PDF but is {_sniff(data) or 'not a PDF'}.")
     from pypdf import PdfReader
 
+    def damaged(exc: Exception) -> UnsupportedFile:  # pypdf raises TypeError, LimitReachedError... on damage
+        return UnsupportedFile(f"{filename} is a damaged PDF: {_reason(exc)}")
+
     try:
         reader = PdfReader(io.BytesIO(data))
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except Exception as exc:  # noqa: BLE001 - on damaged files pypdf raises TypeError, LimitReachedError...
-        raise UnsupportedFile(f"{filename} is a damaged PDF: {_reason(exc)}") from None
-    return Extracted("\n\n".join(p.strip() for p in pages).strip(), "pdf", {"pages": len(pages)})
+        total = len(reader.pages)
+    except Exception as exc:  # noqa: BLE001
+        raise damaged(exc) from None
+    pages: list[str] = []
+    for number in range(total):
+        try:
+            pages.append(reader.pages[number].extract_text() or "")
+        except Exception as exc:  # noqa: BLE001
+            raise damaged(exc) from None
+        if on_page is not None:
+            on_page(number + 1, total)  # outside the try: what it raises (a cancel) is not damage
+    return Extracted("\n\n".join(p.strip() for p in pages).strip(), "pdf", {"pages": total})
 
 
 def _docx(filename: str, data: bytes, fmt: str) -> Extracted:

@@ -23,8 +23,11 @@ def _path_for(key: str) -> Path:
     return get_settings().assets_dir / key
 
 
-def store_bytes(organization_id: uuid.UUID, filename: str, data: bytes, *, source: str | None = None) -> Asset:
-    """Store ``data`` as a new asset of the organization."""
+def store_bytes(
+    organization_id: uuid.UUID, filename: str, data: bytes, *, source: str | None = None,
+    collection_id: str | None = None,
+) -> Asset:
+    """Store ``data`` as a new asset of the organization (in ``collection_id``, if given)."""
     name = Path(filename).name.strip()
     if not name:
         raise AssetError("A stored file needs a name.")
@@ -44,6 +47,7 @@ def store_bytes(organization_id: uuid.UUID, filename: str, data: bytes, *, sourc
         sha256=hashlib.sha256(data).hexdigest(),
         storage_key=key,
         source=source,
+        collection_id=collection_id,
     )
 
     def write(s: Any) -> Asset:

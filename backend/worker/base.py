@@ -56,6 +56,7 @@ class JobContext:
         self.results: dict[str, Any] = {}
         self._tracker = ProgressTracker(run.id, settings.progress_min_interval)
         self._cancel_seen = threading.Event()
+        self._cancel_checked_at = float("-inf")
         self._group_id: uuid.UUID | None = None
         self._children = 0
         self._finishing = False  # the executor returned or raised: the heartbeat must not kill the process
@@ -86,9 +87,17 @@ class JobContext:
         self.log(LogLevel.WARN, event_type, message, **context)
 
     # cancellation -------------------------------------------------------------------
-    def check_cancelled(self) -> None:
-        """Raise :class:`JobCancelled` if a cancel was requested. Call it between units of work."""
+    def check_cancelled(self, *, every: float = 0.0) -> None:
+        """Raise :class:`JobCancelled` if a cancel was requested. Call it between units of work.
+
+        Between many small units (pages, rows), ``every`` reads the run's status at most once per that
+        many seconds; a cancel the heartbeat has already seen still counts at once.
+        """
         if not self._cancel_seen.is_set():
+            now = time.monotonic()
+            if every > 0 and now - self._cancel_checked_at < every:
+                return
+            self._cancel_checked_at = now
             try:
                 status = in_transaction(lambda s: s.get(Run, self.run_id).status)
             except DatabaseUnavailable:  # away for a moment (a restart): the heartbeat passes a cancel on later

@@ -1,6 +1,6 @@
-"""The embedded broker: kombu's SQLAlchemy transport on a SQLite file, tuned.
+"""Broker transports: the embedded SQLite one, and kombu's Redis transport made to survive a restart.
 
-kombu passes every transport option of its SQLAlchemy transport to
+The embedded broker is kombu's SQLAlchemy transport on a SQLite file, tuned. kombu passes every transport option of its SQLAlchemy transport to
 ``create_engine``, so the polling interval cannot be set as an option; this
 subclass sets it (0.1 s instead of 1 s) and opens SQLite in WAL mode with a
 busy timeout. The
@@ -9,12 +9,16 @@ URL scheme ``curatore-sqla+sqlite:///path`` selects it.
 
 from __future__ import annotations
 
+import logging
+
 from kombu.transport import TRANSPORT_ALIASES
-from sqlalchemy import event
+from kombu.transport import redis as _redis
 from kombu.transport.sqlalchemy import Channel as _Channel
 from kombu.transport.sqlalchemy import Transport as _Transport
+from sqlalchemy import event
 
 ALIAS = "curatore-sqla"
+logger = logging.getLogger(__name__)
 
 
 class Channel(_Channel):
@@ -38,3 +42,59 @@ class Transport(_Transport):
 
 
 TRANSPORT_ALIASES[ALIAS] = f"{__name__}:Transport"
+
+
+class RedisQoS(_redis.QoS):
+    """Acknowledgements through a channel whose connection broke are dropped, not fatal.
+
+    A task that was running while the connection broke finishes after the consumer has reconnected on
+    a new channel; its late ack still goes to the old one. The message then stays unacknowledged in
+    Redis, and a later redelivery of it does nothing: only the run's current dispatch attempt starts.
+    """
+
+    def ack(self, delivery_tag: object) -> None:
+        if self.channel.detached:
+            logger.warning("ack of delivery %s dropped: its broker connection was lost", delivery_tag)
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: object, requeue: bool = False) -> None:
+        if self.channel.detached:
+            logger.warning("reject of delivery %s dropped: its broker connection was lost", delivery_tag)
+            return
+        super().reject(delivery_tag, requeue=requeue)
+
+
+class RedisChannel(_redis.Channel):
+    QoS = RedisQoS
+    """kombu's Redis channel, whose ``close()`` can be called again after its connection was collected.
+
+    When the broker connection drops while a task is in flight (acks_late), Celery's consumer first
+    ``collect()``s the connection: closing the channel there fails on the dead socket before the channel
+    counts as closed, and the transport is detached from its client. Celery then closes the connection
+    again, and the channel, trying once more to put the unacknowledged message back, builds a Redis pool
+    from the detached transport: ``AttributeError`` on ``None.hostname``, which Celery treats as
+    unrecoverable, and the worker stops consuming for good (celery 5.7.0, kombu 5.7.0).
+
+    Here a channel whose transport has lost its client closes without that restore. Nothing is lost:
+    the message stays in Redis' unacked index, and the run it carries is the database's business
+    (its lease, and the dispatch attempt that makes a late redelivery a no-op).
+    """
+
+    def close(self) -> None:
+        if self.detached:
+            self.do_restore = False
+        super().close()
+
+    @property
+    def detached(self) -> bool:
+        """Whether the transport this channel came from was collected (the broker connection broke)."""
+        return self.connection is None or self.connection.client is None
+
+
+class RedisTransport(_redis.Transport):
+    Channel = RedisChannel
+
+
+REDIS_TRANSPORT = "curatore-redis"  # Celery's broker_transport for redis:// URLs (celery_app.configure)
+TRANSPORT_ALIASES[REDIS_TRANSPORT] = f"{__name__}:RedisTransport"

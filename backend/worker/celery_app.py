@@ -43,9 +43,12 @@ def configure(app: Celery) -> Celery:
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
+    # Redis: kombu's transport with a channel that survives a Redis restart mid-task (see broker.py).
+    redis = settings.broker_url.startswith(("redis://", "rediss://"))
+    app.conf.broker_transport = broker.REDIS_TRANSPORT if redis else None
     if settings.broker_url.startswith(f"{broker.ALIAS}+"):
         app.conf.broker_transport_options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    elif settings.broker_url.startswith(("redis://", "rediss://")):
+    elif redis:
         app.conf.broker_transport_options = (
             {"global_keyprefix": settings.broker_key_prefix} if settings.broker_key_prefix else {}
         )

@@ -7,10 +7,10 @@ migrated; one real worker (concurrency 2) uses that Redis as its broker and for 
 Heartbeat 0.5 s, lease 2 s, sweep 0.5 s in every process.
 
 (a) Redis restarted while no task is in flight: worker and submitter reconnect; the next run completes.
-(a') Redis restarted mid-run: a gated run is running; Redis stops (its data is gone: no persistence); the
-    gate is released while it is down; Redis starts again on the same port. The run ends (completed or
-    failed, never stuck), and runs submitted after the restart complete. XFAIL (strict): the worker dies of
-    a kombu error while cleaning up the lost connection (see the marker's reason).
+(a') Redis restarted mid-run: two gated runs are running; Redis stops (its data is gone: no persistence);
+    the first is released while it is down; Redis starts again on the same port; the second is released
+    once the worker has reconnected (its late ack then goes to the lost connection). Both end (completed
+    or failed, never stuck), the worker stays up, and runs submitted after the restart complete.
 (b) PostgreSQL restarted mid-run (``pg_ctl restart -m fast``, every connection cut): the run completes
     (a cancel check that cannot reach the database does not fail the run), the next run completes.
 (c) PostgreSQL down for longer than a lease (4 s, lease 2 s): every lease expires meanwhile; the run's
@@ -347,12 +347,6 @@ def test_redis_restart_while_idle(throwaway: Backend, chaos_worker: WorkerProces
     print(f"\nredis restart while idle: down {down:.1f} s; a run submitted 3 s later completed in {seconds:.2f} s")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine defect (celery 5.7.0 / kombu 5.7.0, Redis broker, acks_late): when the broker connection drops "
-    "while a task is in flight, the consumer's cleanup restores the unacked message through a transport whose "
-    "client is already None (kombu redis Channel._connparams: 'NoneType' object has no attribute 'hostname'); "
-    "Celery logs 'Unrecoverable error' and the worker shuts down (exit status 0) once the task finishes, "
-    "so runs submitted afterwards stay submitted"))
 @pytest.mark.timeout(240)
 def test_redis_restart_mid_run(throwaway: Backend, chaos_worker: WorkerProcess, servers, tmp_path: Path) -> None:
     from backend.auth.orgs import ensure_org
@@ -361,7 +355,10 @@ def test_redis_restart_mid_run(throwaway: Backend, chaos_worker: WorkerProcess, 
     org = ensure_org("chaos-redis")
     gate = _gate(tmp_path, "gate-before")
     before = _submit(org.id, gate)
+    gate_across = _gate(tmp_path, "gate-across")
+    across = _submit(org.id, gate_across)
     _wait_status(before, "the first run to start", S.RUNNING)
+    _wait_status(across, "the second run to start", S.RUNNING)
 
     t0 = time.monotonic()
     rd.stop()
@@ -379,6 +376,13 @@ def test_redis_restart_mid_run(throwaway: Backend, chaos_worker: WorkerProcess, 
 
     time.sleep(3)  # the worker's consumer retries every 2 s
     _worker_alive(chaos_worker)
+    assert _status(across) is S.RUNNING, _explain(across, chaos_worker)
+    _release(gate_across)
+    across_outcome, across_seconds = _wait_terminal(across, "the run released after the reconnect to end", chaos_worker)
+    assert across_outcome is S.COMPLETED, _explain(across, chaos_worker)
+    _worker_alive(chaos_worker)
+    print(f"the run that ran across the whole outage, released after the reconnect, completed in "
+          f"{across_seconds:.2f} s")
     t_submit = time.monotonic()
     after = _submit(org.id, None)
     after_outcome, after_seconds = _wait_terminal(after, "a run submitted after the Redis restart to end", chaos_worker)
