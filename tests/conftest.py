@@ -81,6 +81,14 @@ class Backend:
     redis_url: str | None
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    saved: dict[str, str | None] = field(default_factory=dict)  # this process's values, put back after the test
+
+    def extend(self, env: dict[str, str]) -> None:
+        """More environment for this test: in this process, and in the workers started afterwards."""
+        for key in env:
+            self.saved.setdefault(key, os.environ.get(key))
+        self.env.update(env)
+        self.apply()
 
     def apply(self) -> None:
         os.environ.update(self.env)
@@ -181,7 +189,7 @@ def _make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
     if backend.redis_url:
         backend.env["CURATORE_REDIS_URL"] = backend.redis_url
         backend.env["CURATORE_BROKER_KEY_PREFIX"] = f"{dbname}:"
-    saved = {k: os.environ.get(k) for k in [*backend.env, "CURATORE_REDIS_URL"]}
+    backend.saved = {k: os.environ.get(k) for k in [*backend.env, "CURATORE_REDIS_URL"]}
     backend.apply()
     try:
         yield backend
@@ -189,7 +197,7 @@ def _make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
         from backend.db.engine import dispose_engines
 
         dispose_engines()
-        for key, value in saved.items():
+        for key, value in backend.saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:

@@ -81,10 +81,8 @@ def test_deleting_an_asset_removes_file_row_index_and_links(backend, org, dworke
 
 
 def test_deleting_a_collection_and_unsupported_types(backend, org, dworker):
-    members = [store_bytes(org.id, f"c{i}.txt", b"x") for i in range(3)]
+    members = [store_bytes(org.id, f"c{i}.txt", b"x", collection_id="col-9") for i in range(3)]
     outsider = store_bytes(org.id, "outside.txt", b"y")
-    in_transaction(lambda s: s.execute(update(Asset).where(Asset.id.in_([m.id for m in members]))
-                                       .values(collection_id="col-9")))
     done = wait_terminal(submit_run("deletion", {"resource_type": "collection", "resource_id": "col-9"},
                                     organization_id=org.id).id)
     assert S(done.status) is S.COMPLETED, done.error_message
@@ -96,6 +94,51 @@ def test_deleting_a_collection_and_unsupported_types(backend, org, dworker):
     assert S(unsupported.status) is S.FAILED
     assert unsupported.error_message == ("Deleting a sam_search is not supported; a deletion run removes asset, "
                                          "collection or run resources.")
+
+
+def _bulk_assets(org_id: uuid.UUID, n: int, collection_id: str) -> list[Asset]:
+    """``n`` small stored files in a collection, written in one transaction (store_bytes one by one is slow)."""
+    assets = []
+    for i in range(n):
+        asset_id = uuid.uuid4()
+        key = f"{org_id}/{asset_id.hex[:2]}/{asset_id}"
+        path = _path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"file %d\n" % i)
+        assets.append(Asset(id=asset_id, organization_id=org_id, filename=f"f{i:05}.txt", size_bytes=path.stat().st_size,
+                            sha256="", storage_key=key, collection_id=collection_id))
+    in_transaction(lambda s: s.add_all(assets))
+    return assets
+
+
+def test_cancel_mid_deletion_leaves_every_asset_whole_or_gone(backend, org, dworker):
+    total = 4000
+    doomed = _bulk_assets(org.id, total, "big-collection")
+    run = submit_run("deletion", {"resource_type": "collection", "resource_id": "big-collection"},
+                     organization_id=org.id)
+
+    def deleting():  # type: ignore[no-untyped-def]
+        progress = get_run(run.id).progress
+        return progress["phase"] == "deleting" and progress["current"] > 0
+
+    wait_for(deleting, timeout=60, interval=0.02, what="the deletion to be under way")
+    assert service.request_cancel(run.id, by="test") is S.CANCELLING
+    done = wait_terminal(run.id)
+
+    assert S(done.status) is S.CANCELLED, done.error_message
+    ids = [a.id for a in doomed]
+    rows = set(in_transaction(lambda s: s.execute(select(Asset.id).where(Asset.collection_id == "big-collection"))
+                              .scalars().all()))
+    files = {a.id for a in doomed if _path_for(a.storage_key).exists()}
+    assert rows == files  # no row without its file, no file without its row
+    deleted = total - len(rows)
+    assert 0 < deleted < total and deleted % 100 == 0  # whole chunks only, then it stopped
+    assert rows == set(ids[deleted:])  # in order: the first chunks went, the rest is untouched
+    events = get_logs(run.id)
+    [partial] = [e for e in events if e.event_type == "partial"]
+    assert partial.message == f"Cancelled after deleting {deleted} of {total} assets; the other {total - deleted} are untouched"
+    assert [e.context["stage"] for e in events if e.event_type == "cancelled"] == ["acknowledged"]
+    assert "deleted" not in {e.event_type for e in events} and "cleaning_up" not in phases(run.id)
 
 
 def test_deleting_runs_refuses_active_ones_and_takes_children_and_logs(backend, org, dworker, tmp_path):
@@ -238,11 +281,63 @@ def test_health_and_stale_runs_report_in_results(backend, org, dworker):
     assert health["database"]["ok"] is True and health["workers_online"] >= 1
     assert health["runs_by_status"].get("running", 0) >= 1  # this run itself
     assert {q["name"] for q in health["queues"]} >= {"default", "maintenance", "extraction"}
-    assert "available" in results["stale_runs"]
+    assert {"stale", "requeued", "timed_out", "cancelled"} <= set(results["stale_runs"])
     handler_events = [e for e in get_logs(done.id) if e.event_type == "step_complete"]
     assert [e.context["handler"] for e in handler_events] == ["stale_runs", "orphans", "health"]
     assert [e.context["phase"] for e in get_logs(done.id) if e.event_type == "phase"] == [
         "stale_runs", "orphans", "health"]
+
+
+def test_cancel_mid_retention_stops_between_batches(backend, org, dworker):
+    total = 8000
+    old = _bulk_old_runs(org.id, total, days_ago=60)
+    run = submit_run("system_maintenance", {"handlers": ["retention", "health"], "retention_days": 30},
+                     organization_id=org.id)
+
+    def remaining() -> int:
+        return sum(count(Run, Run.id.in_(old[i:i + 1000])) for i in range(0, total, 1000))
+
+    wait_for(lambda: remaining() < total, timeout=90, interval=0.02, what="retention's first batch")
+    assert service.request_cancel(run.id, by="test") is S.CANCELLING
+    done = wait_terminal(run.id, timeout=90)
+
+    assert S(done.status) is S.CANCELLED, done.error_message
+    left = remaining()
+    deleted = total - left
+    assert 0 < deleted < total and deleted % 500 == 0  # whole batches (one transaction each), then it stopped
+    kept = set(in_transaction(lambda s: s.execute(select(RunLogEvent.run_id).where(
+        RunLogEvent.run_id.in_(sorted(old)[deleted:deleted + 500]))).scalars().all()))
+    assert len(kept) == 500  # the runs kept still have their log events
+    assert count(RunLogEvent, RunLogEvent.run_id.in_(sorted(old)[:500])) == 0  # the oldest batch went whole
+    events = get_logs(run.id)
+    [partial] = [e for e in events if e.event_type == "partial"]
+    assert partial.message.startswith(f"Retention cancelled after {deleted // 500} batches: deleted {deleted} runs")
+    assert [e.context["stage"] for e in events if e.event_type == "cancelled"] == ["acknowledged"]
+    assert "health" not in phases(run.id) and "step_complete" not in {e.event_type for e in events}
+
+
+def test_a_failing_handler_fails_the_run_and_the_others_still_run(backend, org, dworker):
+    from backend.config import get_settings
+
+    store_bytes(org.id, "report.txt", b"on storage that went away\n")
+    assets_dir = get_settings().assets_dir
+    unmounted = assets_dir.with_name(assets_dir.name + "-unmounted")
+    assets_dir.rename(unmounted)  # the storage volume is not mounted
+    try:
+        done = wait_terminal(submit_run("system_maintenance", {"handlers": ["orphans", "health"]},
+                                        organization_id=org.id).id)
+    finally:
+        unmounted.rename(assets_dir)
+
+    assert S(done.status) is S.FAILED
+    assert done.error_message == (f"1 of 2 maintenance handlers failed: orphans: The assets folder {assets_dir} is "
+                                  "missing (is its storage mounted?); the files of 1 assets cannot be checked.")
+    results = done.results_summary
+    assert results["orphans"] == {"error": done.error_message.split("orphans: ", 1)[1]}
+    assert results["health"]["database"]["ok"] is True  # the next handler ran, and its result is kept
+    events = get_logs(done.id)
+    assert [(e.event_type, e.context.get("handler")) for e in events if e.event_type.startswith("step_")] == [
+        ("step_failed", "orphans"), ("step_complete", "health")]
 
 
 def _register_test_steps() -> None:

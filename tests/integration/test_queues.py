@@ -4,7 +4,6 @@ forced), force-kill, retries, duplicates, boosts."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from backend.queues.priority import boost
 from backend.runs import service
 from backend.runs.queries import RunFilter, get_logs, get_run, list_runs
 from backend.runs.states import RunStatus
-from tests.conftest import reset_process_state
 from tests.support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.integration
@@ -37,16 +35,8 @@ def queues(backend, org, tmp_path):  # type: ignore[no-untyped-def]
         "CURATORE_HEARTBEAT_SECONDS": "0.3",
         "CURATORE_SWEEP_SECONDS": "0.5",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    backend.env.update(env)
-    os.environ.update(env)
-    reset_process_state()
-    yield org
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    backend.extend(env)
+    return org
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:

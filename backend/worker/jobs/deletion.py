@@ -1,7 +1,9 @@
 """deletion: removes a resource and what hangs on it. Phases: preparing → deleting → cleaning_up.
 
 - ``asset``: its search-index row, its row, its id in the external records that list it (the records
-  themselves stay: an opportunity outlives one of its attachments), then its stored file.
+  themselves stay: an opportunity outlives one of its attachments), then its stored file. Assets go in
+  chunks of 100, rows then files; a cancel stops between chunks, so each asset is either gone or whole.
+  Cleaning up removes the storage folders left empty.
 - ``collection``: every asset whose ``collection_id`` is the resource id, as above.
 - ``run``: a finished run with all its descendants, their log events, outbox rows and run groups.
   An active run (or one with an active child or parent) is refused.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, inspect, select, text, update
@@ -21,7 +24,7 @@ from sqlmodel import Session
 
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ExternalRecord, OutboxEvent, Run, RunGroup, RunLogEvent
-from backend.errors import JobFailed, NotCapable, NotFound
+from backend.errors import JobCancelled, JobFailed, NotCapable, NotFound
 from backend.queues.configs import DeletionConfig
 from backend.runs.states import ACTIVE, RunStatus
 from backend.storage.assets import _path_for
@@ -90,32 +93,48 @@ def _remove_assets(ctx: JobContext, found: Sequence[Asset]) -> dict[str, Any]:
              "list them", "preparing", assets=total, external_records=records)
     ctx.progress(0, total, phase="deleting", unit="assets")
     search = _has_table("asset_search")
-    unlinked = 0
-    for n, chunk in enumerate(_chunks(list(found), 100), 0):
-        ctx.check_cancelled()
-        unlinked += in_transaction(lambda s, c=chunk: _delete_rows(s, ctx.organization_id, c, search))
-        ctx.progress(min((n + 1) * 100, total), total, item=chunk[-1].filename)
-    ctx.progress(0, total, phase="cleaning_up")
-    files_removed = files_missing = 0
-    for n, asset in enumerate(found, 1):  # the rows are gone: a file left behind is only an orphan now
-        path = _path_for(asset.storage_key)
+    unlinked = files_removed = files_missing = deleted = 0
+    folders: set[Path] = set()
+    for chunk in _chunks(list(found), 100):
         try:
-            path.unlink()
-            files_removed += 1
-        except FileNotFoundError:
-            files_missing += 1
-        for parent in (path.parent, path.parent.parent):
+            ctx.check_cancelled()
+        except JobCancelled:
+            ctx.warn(f"Cancelled after deleting {deleted} of {total} assets; the other {total - deleted} are "
+                     "untouched", "partial", deleted=deleted, untouched=total - deleted)
+            raise
+        unlinked += in_transaction(lambda s, c=chunk: _delete_rows(s, ctx.organization_id, c, search))
+        for asset in chunk:  # the rows are gone: their files go now, so a cancel leaves no asset half-deleted
+            path = _path_for(asset.storage_key)
             try:
-                parent.rmdir()  # only if empty
-            except OSError:
-                break
-        ctx.progress(n, total, item=asset.filename)
+                path.unlink()
+                files_removed += 1
+            except FileNotFoundError:
+                files_missing += 1
+            folders.add(path.parent)
+        deleted += len(chunk)
+        ctx.progress(deleted, total, item=chunk[-1].filename)
+    ctx.progress(0, len(folders), phase="cleaning_up", unit="folders")
+    emptied = _remove_empty(folders)
+    ctx.progress(len(folders), len(folders))
     if files_missing:
         ctx.warn(f"{files_missing} stored files were already missing", "cleanup")
     ctx.info(f"Deleted {total} assets and {files_removed} files; unlinked {unlinked} external records",
-             "deleted", assets=total, files=files_removed, external_records=unlinked)
+             "deleted", assets=total, files=files_removed, external_records=unlinked, folders_removed=emptied)
     return {"assets_deleted": total, "files_deleted": files_removed, "files_missing": files_missing,
             "search_rows_removed": total if search else 0, "external_records_unlinked": unlinked}
+
+
+def _remove_empty(folders: set[Path]) -> int:
+    """Remove the folders (and their parents) that deleting files left empty; returns how many went."""
+    removed = 0
+    for folder in sorted(folders):
+        for candidate in (folder, folder.parent):
+            try:
+                candidate.rmdir()  # only if empty
+                removed += 1
+            except OSError:
+                break
+    return removed
 
 
 def _delete_rows(s: Session, organization_id: uuid.UUID, chunk: Sequence[Asset], search: bool) -> int:

@@ -4,9 +4,10 @@
   are deleted with their descendants, log events and outbox rows, in batches of about 500 runs, one
   transaction per batch. A family goes only when every run in it has finished before the cut-off;
   an active run is never touched.
-- ``stale_runs``: stale-run recovery, ``backend.runs.recovery.sweep()``, when that module exists.
+- ``stale_runs``: one pass of stale-run recovery, ``backend.runs.recovery.sweep()``.
 - ``orphans``: counts (and fixes nothing): assets whose stored file is missing, files under the assets
   folder that no asset names, child runs whose parent is gone, run groups whose parent run is gone.
+  A missing assets folder while assets exist is a failure (unmounted storage), not thousands of orphans.
 - ``health``: runs by status, queue depths, workers online, database round trip.
 
 A handler that fails does not stop the others; the run then fails naming it, with every result kept.
@@ -14,8 +15,6 @@ A handler that fails does not stop the others; the run then fails naming it, wit
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
 import traceback
 import uuid
@@ -92,7 +91,13 @@ def retention(ctx: JobContext, config: SystemMaintenanceConfig) -> dict[str, Any
     kept_families = batches = 0
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
-        ctx.check_cancelled()
+        try:
+            ctx.check_cancelled()
+        except JobCancelled:
+            ctx.warn(f"Retention cancelled after {batches} batches: deleted {totals['runs']} runs, "
+                     f"{totals['log_events']} log events and {totals['outbox_events']} outbox rows", "partial",
+                     batches=batches, **{f"deleted_{k}": v for k, v in totals.items()})
+            raise
         roots = _old_roots(cutoff, after)
         if not roots:
             break
@@ -149,23 +154,11 @@ def _families(cutoff: datetime, roots: list[uuid.UUID]) -> tuple[list[list[uuid.
 
 
 def stale_runs(ctx: JobContext, config: SystemMaintenanceConfig) -> dict[str, Any]:
-    if importlib.util.find_spec("backend.runs.recovery") is None:
-        return {"available": False, "_summary": "stale-run recovery not available yet"}
-    recovery = importlib.import_module("backend.runs.recovery")
-    outcome = recovery.sweep()
-    if isinstance(outcome, dict):
-        result = dict(outcome)
-    elif isinstance(outcome, (list, tuple, set)):
-        result = {"recovered": len(outcome)}
-    elif isinstance(outcome, int):
-        result = {"recovered": outcome}
-    else:
-        result = {"outcome": None if outcome is None else str(outcome)}
-    return {"available": True, **result, "_summary": f"Stale-run recovery: {_describe(result)}"}
+    from backend.runs.recovery import sweep
 
-
-def _describe(result: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in result.items() if isinstance(v, (int, str))) or "done"
+    result = sweep()
+    moved = ", ".join(f"{n} {rule}" for rule, n in result.items() if n) or "nothing to recover"
+    return {**result, "_summary": f"Stale-run recovery: {moved}"}
 
 
 # --------------------------------------------------------------------------- orphans
@@ -173,6 +166,12 @@ def _describe(result: dict[str, Any]) -> str:
 
 def orphans(ctx: JobContext, config: SystemMaintenanceConfig) -> dict[str, Any]:
     settings = get_settings()
+    if not settings.assets_dir.is_dir():
+        stored = in_transaction(lambda s: s.execute(
+            select(func.count()).select_from(Asset).where(Asset.deleted_at.is_(None))).scalar_one())
+        if stored:
+            raise JobFailed(f"The assets folder {settings.assets_dir} is missing (is its storage mounted?); "
+                            f"the files of {stored} assets cannot be checked.")
     keys: set[str] = set()
     missing: list[str] = []
     missing_count = 0
