@@ -171,6 +171,29 @@ def test_cancel_while_downloading_stops_fetching(backend, org, sam, start_worker
     assert events(run.id, "cancelled")
 
 
+def test_refresh_retries_a_5xx_and_stops_at_a_cancel(backend, org, sam, start_worker):
+    start_worker(extra_env=ALLOW_PRIVATE)
+    for n in range(1, 5):
+        sam.add_opportunity(f"n{n}", f"Opportunity {n}")
+    sam.fail(r"noticeid=n1", 503, times=1)
+    run = pull(org, sam, "sam_refresh", notice_ids=["n1", "n2"])
+    assert RunStatus(run.status) is RunStatus.COMPLETED, run.error_message
+    assert run.results_summary["opportunities"] == 2
+    assert [e.context["reason"] for e in events(run.id, "retry")] == ["HTTP 503"]
+    assert len(sam.seen("noticeid=n1")) == 2
+
+    hold = sam.hold(r"noticeid=", after=1)  # n3 is read, n4 waits
+    run = start(org, sam, "sam_refresh", notice_ids=["n3", "n4", "n1", "n2"])
+    hold.wait_blocked(1)
+    assert request_cancel(run.id, by="tester") is RunStatus.CANCELLING
+    hold.release()
+    stopped = ended(run.id, sam)
+    assert RunStatus(stopped.status) is RunStatus.CANCELLED
+    assert [r.query["noticeid"] for r in sam.seen("noticeid=")[-2:]] == ["n3", "n4"], "nothing read after the cancel"
+    assert set(records(org)) == {"n1", "n2", "n3", "n4"}  # n4's answer, already on its way, is kept
+    assert events(stopped.id, "cancelled") and stopped.progress["phase"] == "fetching"
+
+
 def test_private_addresses_are_refused_without_the_setting(backend, org, sam, start_worker, monkeypatch):
     monkeypatch.delenv("CURATORE_ALLOW_PRIVATE_FETCH", raising=False)
     start_worker()
