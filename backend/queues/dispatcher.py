@@ -2,7 +2,9 @@
 
 Order: priority first (4 is the most urgent); within a priority, the organization with the fewest runs
 active in the queue goes first (so one tenant cannot starve the others); then age. Every queue's limit
-(and a job type's own limit, when it has one) is enforced by counting submitted and running runs.
+(and a job type's own limit, when it has one) is enforced by counting submitted and running runs. A group
+parent that has spawned all its children and only waits for them (its group sealed, no lease: it holds no
+worker process) takes no slot, so parents waiting on children in their own queue cannot starve them.
 
 A pass over a queue claims its runs in one transaction: on PostgreSQL under a per-queue advisory lock
 (concurrent dispatchers skip a queue another one is serving) with ``FOR UPDATE SKIP LOCKED`` on the
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, not_, or_, select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run
@@ -35,6 +37,9 @@ from backend.runs.states import RunStatus
 log = logging.getLogger(__name__)
 S = RunStatus
 OCCUPYING = (S.SUBMITTED, S.RUNNING, S.CANCELLING, S.STALE)
+# A parent whose task has ended: sealing its group cleared its lease; it only waits for its children.
+WAITING_PARENT = and_(Run.is_group_parent.is_(True), Run.lease_expires_at.is_(None),
+                      Run.status.in_((S.RUNNING, S.CANCELLING)))
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def _claim(session: Any, queue: str) -> list[Claimed]:
             return []  # another dispatcher is serving this queue right now
     limit = registry.queues[queue].max_concurrency
     active = session.execute(
-        select(Run.organization_id, Run.run_type, func.count()).where(Run.queue == queue, Run.status.in_(OCCUPYING))
+        select(Run.organization_id, Run.run_type, func.count()).where(Run.queue == queue, Run.status.in_(OCCUPYING), not_(WAITING_PARENT))
         .group_by(Run.organization_id, Run.run_type)
     ).all()
     free = limit - sum(n for _, _, n in active)

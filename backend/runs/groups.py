@@ -5,12 +5,19 @@ it is sealed and every expected child has ended; the single UPDATE that sets
 ``finalized_at`` where it was NULL decides which transaction finalizes it, and
 that transaction also ends the parent run and fires the completion hook. So
 both happen exactly once, however many workers finish children at once.
+
+A group's ``completion_hook`` names a :class:`GroupKind`: what the group does beyond
+counting. A kind can act on each child's end (in that child's terminal transaction,
+before the group may end: a pipeline spawns its next stage there), end the parent its
+own way, and run a hook once the group has ended.
 """
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -24,17 +31,46 @@ from backend.runs.states import LogLevel, RunOrigin, RunStatus
 
 S = RunStatus
 GroupHook = Callable[[Session, RunGroup], None]
-_hooks: dict[str, GroupHook] = {}
+ChildHook = Callable[[Session, RunGroup, uuid.UUID, RunStatus], None]
+
+
+@dataclass(frozen=True)
+class GroupKind:
+    on_finalized: GroupHook | None = None  # once, in the finalizing transaction, after the parent ended
+    on_child_ended: ChildHook | None = None  # in each child's terminal transaction, before the group may end
+    end_parent: GroupHook | None = None  # instead of the default ending of the parent (by the counts)
+
+
+_kinds: dict[str, GroupKind] = {}
 
 
 def group_hook(name: str) -> Callable[[GroupHook], GroupHook]:
     """Register a completion hook: ``fn(session, group)`` runs in the finalizing transaction."""
 
     def decorate(fn: GroupHook) -> GroupHook:
-        _hooks[name] = fn
+        _kinds[name] = GroupKind(on_finalized=fn)
         return fn
 
     return decorate
+
+
+def kind_of(name: str | None) -> GroupKind | None:
+    """The kind a ``completion_hook`` names: a name given to :func:`group_hook` in this process, or
+    ``"module:attribute"`` naming a GroupKind, imported on first use (any process may end a child)."""
+    if name is None:
+        return None
+    kind = _kinds.get(name)
+    if kind is None and ":" in name:
+        module, _, attribute = name.partition(":")
+        try:
+            kind = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError):
+            kind = None
+        if isinstance(kind, GroupKind):
+            _kinds[name] = kind
+    if not isinstance(kind, GroupKind):
+        raise ValueError(f"unknown group hook {name!r}")
+    return kind
 
 
 def create_group(
@@ -44,8 +80,7 @@ def create_group(
     hook_config: dict[str, Any] | None = None,
     session: Session | None = None,
 ) -> RunGroup:
-    if hook is not None and hook not in _hooks:
-        raise ValueError(f"unknown group hook {hook!r}")
+    kind_of(hook)  # an unknown hook raises before anything is written
 
     def write(s: Session) -> RunGroup:
         parent = s.get(Run, parent_run_id)
@@ -89,9 +124,8 @@ def add_child(
             raise ValueError(f"no run group {group_id}")
         if group.finalized_at is not None:
             raise ValueError(f"run group {group_id} has already ended")
-        s.execute(update(RunGroup).where(RunGroup.id == group_id).values(expected=RunGroup.expected + 1))
         parent = s.get(Run, group.parent_run_id)
-        return service.create_run(
+        child = service.create_run(  # first: a refused child (invalid config, duplicate) writes nothing
             run_type,
             config,
             organization_id=group.organization_id,
@@ -103,6 +137,8 @@ def add_child(
             group_id=group_id,
             session=s,
         )
+        s.execute(update(RunGroup).where(RunGroup.id == group_id).values(expected=RunGroup.expected + 1))
+        return child
 
     return in_transaction(write, session)
 
@@ -114,6 +150,12 @@ def child_finished(session: Session, group_id: uuid.UUID, run_id: uuid.UUID, out
     """Count one ended child (called inside the child's terminal transition)."""
     column = getattr(RunGroup, _COUNTER[outcome])
     session.execute(update(RunGroup).where(RunGroup.id == group_id).values({column: column + 1}))
+    hook = session.execute(select(RunGroup.completion_hook).where(RunGroup.id == group_id)).scalar_one()
+    kind = kind_of(hook)
+    if kind is not None and kind.on_child_ended is not None:
+        group = session.get(RunGroup, group_id)
+        session.refresh(group)
+        kind.on_child_ended(session, group, run_id, outcome)
     _try_finalize(session, group_id)
 
 
@@ -157,9 +199,10 @@ def _try_finalize(session: Session, group_id: uuid.UUID) -> bool:
         return False
     group = session.get(RunGroup, group_id)
     session.refresh(group)
-    _end_parent(session, group)
-    if group.completion_hook:
-        _hooks[group.completion_hook](session, group)
+    kind = kind_of(group.completion_hook)
+    (kind.end_parent if kind is not None and kind.end_parent is not None else _end_parent)(session, group)
+    if kind is not None and kind.on_finalized is not None:
+        kind.on_finalized(session, group)
         session.execute(update(RunGroup).where(RunGroup.id == group_id).values(hook_fired_at=utcnow()))
     return True
 

@@ -450,7 +450,7 @@ def add_log(
     in_transaction(write, session)
 
 
-def set_progress(run_id: uuid.UUID, progress: dict[str, Any]) -> None:
+def set_progress(run_id: uuid.UUID, progress: dict[str, Any], session: Session | None = None) -> None:
     """Write the run's progress (callers coalesce: see ``backend.runs.progress``)."""
 
     def write(s: Session) -> None:
@@ -459,11 +459,11 @@ def set_progress(run_id: uuid.UUID, progress: dict[str, Any]) -> None:
         _revive_if_stale(s, run_id)
         after_commit(s, outbox.notify)
 
-    in_transaction(write)
+    in_transaction(write, session)
 
 
-def log_phase(run_id: uuid.UUID, phase: str, previous: str | None) -> None:
-    add_log(run_id, LogLevel.INFO, "phase", f"Phase: {phase}", {"phase": phase, "previous": previous})
+def log_phase(run_id: uuid.UUID, phase: str, previous: str | None, session: Session | None = None) -> None:
+    add_log(run_id, LogLevel.INFO, "phase", f"Phase: {phase}", {"phase": phase, "previous": previous}, session)
 
 
 def heartbeat(run_id: uuid.UUID, lease_seconds: float) -> RunStatus:

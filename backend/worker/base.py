@@ -108,6 +108,12 @@ class JobContext:
             raise JobCancelled("Stopped at the cancel request")
 
     # children -----------------------------------------------------------------------
+    def use_group(self, hook: str, hook_config: dict[str, Any]) -> None:
+        """Make this run's group (before the first child) one of a kind: see ``backend.runs.groups``."""
+        if self._group_id is not None:
+            raise RuntimeError("this run already has its group")
+        self._group_id = groups.create_group(self.run_id, hook=hook, hook_config=hook_config).id
+
     def spawn_child(self, run_type: str, config: dict[str, Any], *, display_name: str | None = None) -> Run:
         """Create a child run in this run's group; it is dispatched when created."""
         from backend.queues.dispatch import dispatch_after_commit

@@ -245,6 +245,44 @@ def test_cancelling_a_running_pipeline_cancels_its_running_stage(backend, org, p
     assert (group.expected, group.cancelled, group.finalized_at is not None) == (1, 1, True)
 
 
+def test_pipelines_waiting_on_their_stages_do_not_hold_the_slots_the_stages_need(backend, org, start_worker,
+                                                                                   tmp_path):
+    """More pipelines than their queue has slots, with stages in that same queue: a pipeline waiting for its
+    stage holds no worker process and no slot, so every stage gets to run and every pipeline completes."""
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(json.dumps({"queues": {"default": {"max_concurrency": 2}}}))
+    backend.extend({"CURATORE_REGISTRY_OVERRIDES": str(overrides)})
+    start_worker(extra_env=WORKER_ENV, concurrency=2)
+    stages = [{"run_type": "test_steps", "config": {"steps": 2}}, {"run_type": "test_steps", "config": {"steps": 1}}]
+    runs = [submit_run("pipeline", {"name": f"p{i}", "stages": stages}, organization_id=org.id) for i in range(5)]
+
+    done = [wait_terminal(run.id, timeout=120) for run in runs]
+
+    assert [S(d.status) for d in done] == [S.COMPLETED] * 5, [d.error_message for d in done]
+    assert all(d.results_summary["stages_completed"] == 2 for d in done)
+    assert all([S(c.status) for c in children(d.id)] == [S.COMPLETED] * 2 for d in done)
+
+
+def test_a_stage_refused_at_its_start_fails_the_pipeline(backend, org, pworker, tmp_path):
+    from backend.runs.cancellation import cancel_run
+
+    busy = submit_run("procedure", {"procedure": "tests.gated", "params": {"gate_dir": str(tmp_path)}},
+                      organization_id=org.id)  # waits at its first gate: one tests.gated at a time per org
+    config = {"name": "refused", "stages": [
+        {"run_type": "test_steps", "config": {"steps": 1}},
+        {"run_type": "procedure", "config": {"procedure": "tests.gated", "params": {"gate_dir": str(tmp_path)}}},
+    ]}
+    done = wait_terminal(submit_run("pipeline", config, organization_id=org.id).id)
+    cancel_run(busy.id, by="test")
+
+    assert S(done.status) is S.FAILED
+    assert done.error_message.startswith("stage 2 (procedure) could not start: ")
+    assert str(busy.id) in done.error_message
+    assert [S(c.status) for c in children(done.id)] == [S.COMPLETED]
+    assert done.results_summary["stages_completed"] == 1 and done.results_summary["stages_total"] == 2
+    assert S(wait_terminal(busy.id).status) is S.CANCELLED
+
+
 def test_cancel_run_cascades_by_policy(backend, org):
     """No worker: statuses set through the service. A pipeline's cancel reaches running and queued children;
     an upload's only its queued ones."""

@@ -1,137 +1,168 @@
 """pipeline: job types run one after another as child runs of this one.
 
-Every stage's type and config is validated before the first stage starts. Stage ``n`` is spawned
-as a child (in this run's group) once stage ``n - 1`` has completed; the pipeline waits for it by
-reading the child's status from the database (with a cancel check between reads). A stage that
-fails, times out or is cancelled stops the pipeline, which fails with ``stage N (<type>) failed: ...``.
+Every stage's type and config is validated before the first stage starts. The executor spawns stage 1
+in a run group of kind ``pipeline`` and returns: the pipeline then waits without holding a worker
+process or a queue slot. Each time a stage ends, :func:`_stage_ended` runs in that stage's terminal
+transaction: a completed stage spawns the next one (in the same transaction, so exactly once); any other
+outcome, or the last stage, lets the group end, and :func:`_end_pipeline` ends the pipeline: completed,
+``failed`` with ``stage N (<type>) failed: ...``, or cancelled.
 
 Cancelling a pipeline cancels all its children (``cancel_cascade="all"``, applied by
-``backend.runs.cancellation.cancel_run``); the pipeline also cancels its running stage itself when
-it notices the request, so a cancel made by any path reaches the stage. It then ends ``cancelled``
-when that stage has ended (the run group ends the parent).
+``backend.runs.cancellation.cancel_run``); a cancel that reaches only the pipeline stops it at the next
+stage boundary (no further stage is spawned).
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 from sqlalchemy import select
+from sqlmodel import Session
 
-from backend.db.engine import in_transaction
-from backend.db.models import Run
-from backend.errors import CuratoreError, InvalidTransition, JobCancelled, JobFailed, RunNotFound
+from backend.db.models import Run, RunGroup, empty_progress
+from backend.errors import CuratoreError, JobFailed
 from backend.queues.configs import PipelineConfig
 from backend.queues.registry import get_registry
-from backend.runs.states import RunStatus
+from backend.runs import groups, service
+from backend.runs.states import LogLevel, RunStatus
 from backend.worker.base import JobContext
 
 S = RunStatus
-POLL_SECONDS = 0.2
+GROUP_KIND = f"{__name__}:PIPELINE"
 
 
 def run(ctx: JobContext, config: PipelineConfig) -> dict[str, Any]:
     registry = get_registry()
-    stages: list[tuple[str, dict[str, Any]]] = []
+    stages: list[dict[str, Any]] = []
     for n, stage in enumerate(config.stages, 1):
         try:
             key = registry.resolve(stage.run_type).key
-            stages.append((key, registry.validate_config(key, stage.config)))
+            stages.append({"run_type": key, "config": registry.validate_config(key, stage.config)})
         except CuratoreError as exc:  # an unknown type or an invalid config: nothing has started yet
             raise JobFailed(f"stage {n} ({stage.run_type}) is not valid: {exc.message}") from None
         if key == ctx.job_type.key:
             raise JobFailed(f"stage {n}: a pipeline cannot run a pipeline as a stage.")
-    total = len(stages)
-    ctx.results = {"pipeline": config.name, "stages_total": total, "stages_completed": 0, "stages": []}
-    ctx.info(f"Pipeline {config.name}: {total} stages ({' → '.join(k for k, _ in stages)})", "pipeline",
-             stages=[k for k, _ in stages])
-    for n, (key, stage_config) in enumerate(stages, 1):
-        try:
-            ctx.check_cancelled()
-        except JobCancelled:
-            if n == 1:
-                raise  # nothing spawned yet: the run simply ends cancelled
-            ctx.results["cancelled_before_stage"] = n
-            ctx.warn(f"Cancelled before stage {n} ({key}); the remaining stages will not run", "pipeline_cancelled",
-                     stage=n)
-            return ctx.results  # the run group (every stage ended) ends this run as cancelled
-        phase = f"stage {n}: {key}"
-        ctx.progress(n - 1, total, phase=phase, item=key, unit="stages")
-        label = registry.resolve(key).label
-        child = ctx.spawn_child(key, stage_config, display_name=f"{config.name} · stage {n}: {label}")
-        ctx.info(f"Stage {n}/{total} ({key}) started as run {child.id}", "stage_started", stage=n,
-                 run_type=key, child_run_id=str(child.id))
-        ended = _wait_for(ctx, child.id, n, total)
-        if ended is None:  # cancel requested: the stage was asked to stop, the group ends this run
-            ctx.results["cancelled_at_stage"] = n
-            ctx.warn(f"Cancelled during stage {n} ({key}); the pipeline ends when that stage has stopped",
-                     "pipeline_cancelled", stage=n, child_run_id=str(child.id))
-            return ctx.results
-        summary = _stage_summary(n, key, ended)
-        ctx.results["stages"].append(summary)
-        status = RunStatus(ended.status)
-        if status is not S.COMPLETED and _cancel_requested(ctx):
-            ctx.results["cancelled_at_stage"] = n  # the stage ended because this pipeline's cancel reached it
-            return ctx.results  # the run group (every stage ended) ends this run as cancelled
-        if status is not S.COMPLETED:
-            reason = ended.error_message or {S.CANCELLED: "it was cancelled", S.TIMED_OUT: "it timed out"}.get(
-                status, status.value)
-            raise JobFailed(f"stage {n} ({key}) failed: {reason}")
-        ctx.results["stages_completed"] = n
-        ctx.progress(n, total, phase=phase, item=key)
-        ctx.info(f"Stage {n}/{total} ({key}) completed", "step_complete", stage=n, run_type=key,
-                 child_run_id=str(child.id), seconds=summary["seconds"])
-    return ctx.results
+    keys = [s["run_type"] for s in stages]
+    ctx.info(f"Pipeline {config.name}: {len(stages)} stages ({' → '.join(keys)})", "pipeline", stages=keys)
+    ctx.check_cancelled()  # nothing spawned yet: a cancel simply ends the run
+    ctx.use_group(GROUP_KIND, {"name": config.name, "stages": stages})
+    ctx.progress(0, len(stages), phase=_phase(1, keys[0]), item=keys[0], unit="stages")
+    child = ctx.spawn_child(keys[0], stages[0]["config"], display_name=_display_name(config.name, 1, keys[0]))
+    ctx.info(f"Stage 1/{len(stages)} ({keys[0]}) started as run {child.id}", "stage_started", stage=1,
+             run_type=keys[0], child_run_id=str(child.id))
+    return {"pipeline": config.name, "stages_total": len(stages)}
 
 
-def _wait_for(ctx: JobContext, child_id: uuid.UUID, n: int, total: int) -> Run | None:
-    """The child once it has ended, or None when this pipeline was cancelled meanwhile (the child then
-    has been asked to stop too)."""
-    last_percent: float | None = None
-    while True:
-        child = in_transaction(lambda s: s.get(Run, child_id))
-        if RunStatus(child.status).is_terminal:
-            return child
-        try:
-            ctx.check_cancelled()
-        except JobCancelled:
-            _cancel_child(ctx, child_id)
-            return None
-        percent = (child.progress or {}).get("percent")
-        if percent is not None and percent != last_percent:
-            last_percent = percent
-            ctx.progress(n - 1 + percent / 100, total)
-        time.sleep(POLL_SECONDS)  # waiting on the child's status in the database (the signal), not a timer
+# --------------------------------------------------------------------------- the group kind
 
 
-def _cancel_requested(ctx: JobContext) -> bool:
+def _stage_ended(session: Session, group: RunGroup, child_id: uuid.UUID, outcome: RunStatus) -> None:
+    stages = group.hook_config["stages"]
+    total, n = len(stages), group.expected  # stages run one at a time: the one that ended is the latest
+    key = stages[n - 1]["run_type"]
+    parent_id = group.parent_run_id
+    if outcome is not S.COMPLETED:
+        return  # the group ends now; _end_pipeline says why
+    times = session.execute(select(Run.started_at, Run.completed_at).where(Run.id == child_id)).one()
+    seconds = round((times.completed_at - times.started_at).total_seconds(), 3) if times.started_at else None
+    service.add_log(parent_id, LogLevel.INFO, "step_complete", f"Stage {n}/{total} ({key}) completed",
+                    {"stage": n, "run_type": key, "child_run_id": str(child_id), "seconds": seconds}, session)
+    parent_status = session.execute(select(Run.status).where(Run.id == parent_id)).scalar_one()
+    if n >= total or RunStatus(parent_status) is not S.RUNNING:
+        _progress(session, parent_id, n, total, _phase(n, key), key)
+        return  # the last stage, or the pipeline was cancelled: no further stage
+    from backend.queues.dispatch import dispatch_after_commit
+
+    following = stages[n]
+    key = following["run_type"]
+    name = group.hook_config["name"]
     try:
-        ctx.check_cancelled()
-    except JobCancelled:
-        return True
-    return False
+        nxt = groups.add_child(group.id, key, following["config"], display_name=_display_name(name, n + 1, key),
+                               session=session)
+    except CuratoreError as exc:  # refused before writing anything (a duplicate run, say): the pipeline fails
+        message = f"stage {n + 1} ({key}) could not start: {exc.message}"
+        service.transition(session, parent_id, S.FAILED, message, level=LogLevel.ERROR,
+                           values={"error_message": message, "results_summary": _results(session, group)})
+        return
+    dispatch_after_commit(session, nxt.id)
+    service.log_phase(parent_id, _phase(n + 1, key), _phase(n, stages[n - 1]["run_type"]), session)
+    _progress(session, parent_id, n, total, _phase(n + 1, key), key)
+    service.add_log(parent_id, LogLevel.INFO, "stage_started", f"Stage {n + 1}/{total} ({key}) started as run "
+                    f"{nxt.id}", {"stage": n + 1, "run_type": key, "child_run_id": str(nxt.id)}, session)
 
 
-def _cancel_child(ctx: JobContext, child_id: uuid.UUID) -> None:
-    from backend.runs.cancellation import cancel_run
+def _end_pipeline(session: Session, group: RunGroup) -> None:
+    parent = session.get(Run, group.parent_run_id)
+    session.refresh(parent)
+    status = RunStatus(parent.status)
+    if status.is_terminal:
+        return
+    stages = stage_runs(group.parent_run_id, session)
+    results = _results(session, group, stages)
+    last = stages[-1] if stages else None
+    if status is S.CANCELLING:
+        where = f" at stage {len(stages)}" if last is not None else ""
+        service.transition(session, parent.id, S.CANCELLED, f"Cancelled{where}; its stages have ended",
+                           level=LogLevel.WARN, values={"results_summary": results})
+    elif last is not None and last.status != S.COMPLETED:
+        reason = last.error_message or {S.CANCELLED: "it was cancelled", S.TIMED_OUT: "it timed out"}.get(
+            RunStatus(last.status), RunStatus(last.status).value)
+        message = f"stage {len(stages)} ({last.run_type}) failed: {reason}"
+        service.transition(session, parent.id, S.FAILED, message, level=LogLevel.ERROR,
+                           values={"results_summary": results, "error_message": message})
+    else:
+        service.transition(session, parent.id, S.COMPLETED, f"All {len(stages)} stages completed",
+                           values={"results_summary": results})
 
-    try:
-        cancel_run(child_id, by=f"pipeline {ctx.run_id}", reason="its pipeline was cancelled")
-    except (InvalidTransition, RunNotFound):
-        pass  # it ended in the meantime
+
+PIPELINE = groups.GroupKind(on_child_ended=_stage_ended, end_parent=_end_pipeline)
 
 
-def _stage_summary(n: int, key: str, child: Run) -> dict[str, Any]:
-    seconds = None
-    if child.started_at and child.completed_at:
-        seconds = round((child.completed_at - child.started_at).total_seconds(), 3)
-    return {"stage": n, "run_type": key, "run_id": str(child.id), "status": RunStatus(child.status).value,
-            "seconds": seconds, "error": child.error_message, "results": child.results_summary}
+# --------------------------------------------------------------------------- helpers
 
 
-def stage_runs(pipeline_run_id: uuid.UUID) -> list[Run]:
+def stage_runs(pipeline_run_id: uuid.UUID, session: Session | None = None) -> list[Run]:
     """The stages of a pipeline run, in order."""
-    query = select(Run).where(Run.parent_run_id == pipeline_run_id).order_by(Run.created_at, Run.id)
-    return list(in_transaction(lambda s: s.execute(query).scalars().all()))
+    from backend.db.engine import in_transaction
 
+    query = (select(Run).where(Run.parent_run_id == pipeline_run_id).order_by(Run.created_at, Run.id)
+             .execution_options(populate_existing=True))  # statuses were just written with plain UPDATEs
+    return list(in_transaction(lambda s: s.execute(query).scalars().all(), session))
+
+
+def _results(session: Session, group: RunGroup, stages: list[Run] | None = None) -> dict[str, Any]:
+    """The pipeline's results: what its executor stored, and a summary of each stage so far."""
+    stages = stage_runs(group.parent_run_id, session) if stages is None else stages
+    stored = session.execute(select(Run.results_summary).where(Run.id == group.parent_run_id)).scalar_one()
+    counts = {"children": group.expected, "completed": group.completed, "failed": group.failed,
+              "cancelled": group.cancelled, "group_status": group.status}
+    return (stored or {}) | {
+        "pipeline": group.hook_config["name"], "stages_total": len(group.hook_config["stages"]),
+        "stages_completed": sum(1 for child in stages if child.status == S.COMPLETED),
+        "stages": [_stage_summary(n, child) for n, child in enumerate(stages, 1)], "children": counts}
+
+
+def _phase(n: int, key: str) -> str:
+    return f"stage {n}: {key}"
+
+
+def _display_name(name: str, n: int, key: str) -> str:
+    return f"{name} · stage {n}: {get_registry().resolve(key).label}"
+
+
+def _progress(session: Session, run_id: uuid.UUID, done: int, total: int, phase: str, key: str) -> None:
+    progress = empty_progress() | {"current": done, "total": total, "unit": "stages", "current_item": key,
+                                   "percent": round(100.0 * done / total, 1), "phase": phase}
+    service.set_progress(run_id, progress, session)
+
+
+def _seconds(child: Run) -> float | None:
+    if not (child.started_at and child.completed_at):
+        return None
+    return round((child.completed_at - child.started_at).total_seconds(), 3)
+
+
+def _stage_summary(n: int, child: Run) -> dict[str, Any]:
+    return {"stage": n, "run_type": child.run_type, "run_id": str(child.id), "status": RunStatus(child.status).value,
+            "seconds": _seconds(child), "error": child.error_message, "results": child.results_summary}
