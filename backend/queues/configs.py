@@ -78,7 +78,8 @@ class PipelineStage(JobConfig):
 
 
 class PipelineConfig(JobConfig):
-    name: str = Field(default="pipeline", min_length=1)
+    # A named pipeline runs once at a time per organization (duplicate protection); unnamed ones do not wait.
+    name: str | None = Field(default=None, min_length=1, max_length=200)
     stages: list[PipelineStage] = Field(min_length=1)
 
 

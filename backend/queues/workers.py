@@ -78,15 +78,27 @@ class NodeHeartbeat(threading.Thread):
         from backend.queues.dispatcher import dispatch_pending
         from backend.runs.recovery import sweep
 
-        interval = min(BEAT_SECONDS, get_settings().sweep_seconds)
+        settings = get_settings()
+        interval = min(BEAT_SECONDS, settings.sweep_seconds)
+        lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
         last_beat = 0.0
+        last_ok = judge_after = time.monotonic()
         while True:
             try:
                 if time.monotonic() - last_beat >= BEAT_SECONDS:
                     beat(self.hostname, self.queues, self.concurrency)
                     last_beat = time.monotonic()
-                sweep()
-                dispatch_pending(self.queues)
+                dispatch_pending(self.queues)  # it reached the database (and the broker)
+                now = time.monotonic()
+                if now - last_ok > lease:
+                    # Away longer than a lease: every lease expired while no worker could renew it. That says
+                    # nothing about the workers, so their heartbeats get one lease period before any is judged.
+                    judge_after = now + lease
+                    log.warning("housekeeping was cut off for %.1f s; judging leases again in %.1f s",
+                                now - last_ok, lease)
+                last_ok = now
+                if now >= judge_after:
+                    sweep()
             except Exception as exc:  # the database or broker may be away for a moment
                 log.warning("worker housekeeping failed: %s", exc)
             if self.stopped.wait(interval):

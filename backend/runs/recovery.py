@@ -13,6 +13,9 @@ A running run's worker renews its lease every heartbeat. :func:`sweep`, run by e
 4. ends ``timed_out`` a run with no activity for longer than its type's timeout;
 5. re-queues a submitted run that no worker started within ``CURATORE_START_TIMEOUT_SECONDS``.
 
+A worker node whose housekeeping could not reach the database for longer than a lease waits one more lease
+period before it sweeps again (``NodeHeartbeat``): those leases expired while nobody could renew them.
+
 Group parents whose own work is done hold no lease while their children run, so they are exempt.
 The database is the source of truth: nothing waits for Celery to redeliver a lost message.
 """

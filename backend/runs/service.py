@@ -282,8 +282,14 @@ def mark_submitted(run_id: uuid.UUID, celery_task_id: str, session: Session | No
 
 def start(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: float) -> bool:
     """submitted → running, only for the run's current dispatch attempt."""
+    return start_and_load(run_id, dispatch_attempt, worker, lease_seconds) is not None
 
-    def write(s: Session) -> bool:
+
+def start_and_load(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: float) -> Run | None:
+    """:func:`start`, returning the started run read in the same transaction (None if it did not start):
+    a worker has nothing more to read before its heartbeat takes over."""
+
+    def write(s: Session) -> Run | None:
         current = s.execute(select(Run.dispatch_attempt).where(Run.id == run_id)).scalar_one_or_none()
         if current is None:
             raise RunNotFound(f"No run with id {run_id}.")
@@ -292,7 +298,7 @@ def start(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: 
                 s, run_id, LogLevel.WARN, "duplicate_delivery",
                 f"Ignored a delivery for dispatch {dispatch_attempt}; the current one is {current}", {"worker": worker},
             )
-            return False
+            return None
         now = utcnow()
         came_from = transition(
             s,
@@ -302,7 +308,9 @@ def start(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: 
             values={"worker_hostname": worker[:200], "lease_expires_at": now + timedelta(seconds=lease_seconds)},
             expect={S.SUBMITTED},
         )
-        return came_from is not None
+        if came_from is None:
+            return None
+        return s.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()
 
     return in_transaction(write)
 

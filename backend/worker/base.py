@@ -203,9 +203,9 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     job_type = get_registry().resolve(job_key)
     rid = uuid.UUID(run_id)
     lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
-    if not service.start(rid, dispatch_attempt, worker or socket.gethostname(), lease):
+    run = service.start_and_load(rid, dispatch_attempt, worker or socket.gethostname(), lease)
+    if run is None:
         return "skipped"
-    run = in_transaction(lambda s: s.get(Run, rid))
     ctx = JobContext(run, job_type, settings)
     beat = Heartbeat(ctx, settings.heartbeat_seconds, lease, settings.cancel_grace_seconds)
     beat.start()

@@ -254,7 +254,8 @@ def test_pipelines_waiting_on_their_stages_do_not_hold_the_slots_the_stages_need
     backend.extend({"CURATORE_REGISTRY_OVERRIDES": str(overrides)})
     start_worker(extra_env=WORKER_ENV, concurrency=2)
     stages = [{"run_type": "test_steps", "config": {"steps": 2}}, {"run_type": "test_steps", "config": {"steps": 1}}]
-    runs = [submit_run("pipeline", {"name": f"p{i}", "stages": stages}, organization_id=org.id) for i in range(5)]
+    runs = [submit_run("pipeline", {"stages": stages}, organization_id=org.id) for _ in range(5)]  # unnamed: no
+    # duplicate protection between them (a named pipeline runs once at a time per organization)
 
     done = [wait_terminal(run.id, timeout=120) for run in runs]
 

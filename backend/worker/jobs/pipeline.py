@@ -44,14 +44,15 @@ def run(ctx: JobContext, config: PipelineConfig) -> dict[str, Any]:
         if key == ctx.job_type.key:
             raise JobFailed(f"stage {n}: a pipeline cannot run a pipeline as a stage.")
     keys = [s["run_type"] for s in stages]
-    ctx.info(f"Pipeline {config.name}: {len(stages)} stages ({' → '.join(keys)})", "pipeline", stages=keys)
+    name = config.name or "pipeline"
+    ctx.info(f"Pipeline {name}: {len(stages)} stages ({' → '.join(keys)})", "pipeline", stages=keys)
     ctx.check_cancelled()  # nothing spawned yet: a cancel simply ends the run
-    ctx.use_group(GROUP_KIND, {"name": config.name, "stages": stages})
+    ctx.use_group(GROUP_KIND, {"name": name, "stages": stages})
     ctx.progress(0, len(stages), phase=_phase(1, keys[0]), item=keys[0], unit="stages")
-    child = ctx.spawn_child(keys[0], stages[0]["config"], display_name=_display_name(config.name, 1, keys[0]))
+    child = ctx.spawn_child(keys[0], stages[0]["config"], display_name=_display_name(name, 1, keys[0]))
     ctx.info(f"Stage 1/{len(stages)} ({keys[0]}) started as run {child.id}", "stage_started", stage=1,
              run_type=keys[0], child_run_id=str(child.id))
-    return {"pipeline": config.name, "stages_total": len(stages)}
+    return {"pipeline": name, "stages_total": len(stages)}
 
 
 # --------------------------------------------------------------------------- the group kind
