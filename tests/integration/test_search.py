@@ -44,6 +44,7 @@ def test_extraction_indexes_and_search_finds_the_right_document(backend, org, wo
     assert "[Chlorophyll]" in hits[0].snippet and hits[0].filename == "plants.md" and hits[0].rank > 0
     assert [h.asset_id for h in search(org.id, "basalt lava")] == [rocks.id]
     assert [h.asset_id for h in search(org.id, "rocks.html")] == [rocks.id]  # the file name is indexed too
+    assert [h.asset_id for h in search(org.id, "rocks")] == [rocks.id]  # and each word of it
     assert search(org.id, "basalt chlorophyll") == []  # every word is required
     assert [h.asset_id for h in search(other.id, "chlorophyll")] == [theirs.id]  # scoped to the organization
     assert search(org.id, "Chlorophyll", limit=0) == []
