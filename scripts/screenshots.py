@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.processes import ROOT, UIProcess, free_port  # noqa: E402
+from tests.processes import ROOT, UIProcess, free_port, stop_group  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 
@@ -71,6 +71,11 @@ def main() -> None:
             page.goto(f"{ui.url}/system/jobs/{upload}")
             page.wait_for_selector("[data-testid=status-badge][data-status=completed]", timeout=120_000)
             page.screenshot(path=str(OUT / "detail.png"), full_page=True)
+            pipeline = json.loads(cli(env, "runs", "list", "--type", "pipeline", "--json"))[0]["id"]
+            page.goto(f"{ui.url}/system/jobs/{pipeline}")
+            page.wait_for_selector("[data-testid=status-badge][data-status=completed]", timeout=120_000)
+            time.sleep(1)
+            page.screenshot(path=str(OUT / "detail-pipeline.png"), full_page=True)
             page.goto(f"{ui.url}/system/jobs/{running}")
             page.wait_for_selector("[data-testid=progress-counter]")
             time.sleep(1)
@@ -84,8 +89,7 @@ def main() -> None:
             (gate / str(n)).touch()
     finally:
         ui.stop()
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop_group(worker, signal.SIGQUIT, 10)  # cold: the sample runs left do not matter here
         shutil.rmtree(data_dir, ignore_errors=True)
     print("\n".join(str(p.relative_to(ROOT)) for p in sorted(OUT.glob("*.png"))))
 

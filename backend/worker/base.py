@@ -293,9 +293,10 @@ def _finish(ctx: JobContext, results: dict[str, Any]) -> str:
     group = groups.group_of(rid)
     if group is not None:
         service.set_results(rid, results)
+        n = ctx.children_spawned
         service.add_log(rid, LogLevel.INFO, "children_spawned",
-                        f"Spawned {ctx.children_spawned} child runs; the run ends when they do",
-                        {"children": ctx.children_spawned})
+                        f"Spawned {n} child run{'' if n == 1 else 's'}; the run ends when its children have ended",
+                        {"children": n})
         groups.seal(group.id)
         return "sealed"
     if service.complete(rid, results):

@@ -11,15 +11,18 @@ LEVEL_COLORS = (("ERROR", "red"), ("WARN", "amber"), "gray")
 
 def _line(line: rx.Var[LogLine]) -> rx.Component:
     summary = rx.hstack(
-        rx.cond(line.has_context, rx.icon("chevron-right", size=12, color="var(--gray-9)"),
-                rx.box(width="12px")),
-        rx.text(line.time, size="1", color_scheme="gray", font_family="var(--code-font-family)", min_width="4.5rem"),
-        rx.badge(line.level, color_scheme=rx.match(line.level, *LEVEL_COLORS), variant="soft", size="1"),
-        rx.code(line.event_type, size="1", variant="ghost"),
-        rx.text(line.message, size="2", data_testid="log-message"),
-        align="center",
+        rx.cond(line.has_context, rx.icon("chevron-right", size=12, color="var(--gray-9)", flex_shrink="0"),
+                rx.box(width="12px", flex_shrink="0")),
+        rx.text(line.time, size="1", color_scheme="gray", font_family="var(--code-font-family)", min_width="4.5rem",
+                flex_shrink="0"),
+        rx.badge(line.level, color_scheme=rx.match(line.level, *LEVEL_COLORS), variant="soft", size="1",
+                 flex_shrink="0"),
+        rx.code(line.event_type, size="1", variant="ghost", flex_shrink="0"),
+        # a long message wraps in its own column, beside the time, level and event type
+        rx.text(line.message, size="2", data_testid="log-message", flex="1", min_width="0",
+                overflow_wrap="anywhere"),
+        align="baseline",
         spacing="2",
-        wrap="wrap",
     )
     return rx.box(
         rx.cond(
@@ -32,6 +35,7 @@ def _line(line: rx.Var[LogLine]) -> rx.Component:
             ),
             summary,
         ),
+        width="100%",
         padding_y="0.35rem",
         border_bottom="1px solid var(--gray-a3)",
         data_testid="log-line",
