@@ -100,7 +100,8 @@ def _claim(session: Any, queue: str) -> list[Claimed]:
             return []  # another dispatcher is serving this queue right now
     limit = registry.queues[queue].max_concurrency
     active = session.execute(
-        select(Run.organization_id, Run.run_type, func.count()).where(Run.queue == queue, Run.status.in_(OCCUPYING), not_(WAITING_PARENT))
+        select(Run.organization_id, Run.run_type, func.count())
+        .where(Run.queue == queue, Run.status.in_(OCCUPYING), not_(WAITING_PARENT))
         .group_by(Run.organization_id, Run.run_type)
     ).all()
     free = limit - sum(n for _, _, n in active)

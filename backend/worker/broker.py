@@ -1,10 +1,12 @@
 """Broker transports: the embedded SQLite one, and kombu's Redis transport made to survive a restart.
 
-The embedded broker is kombu's SQLAlchemy transport on a SQLite file, tuned. kombu passes every transport option of its SQLAlchemy transport to
-``create_engine``, so the polling interval cannot be set as an option; this
-subclass sets it (0.1 s instead of 1 s) and opens SQLite in WAL mode with a
-busy timeout. The
-URL scheme ``curatore-sqla+sqlite:///path`` selects it.
+The embedded broker is kombu's SQLAlchemy transport on a SQLite file, tuned. kombu passes every transport
+option of its SQLAlchemy transport to ``create_engine``, so the polling interval cannot be set as an option;
+this subclass sets it (0.1 s instead of 1 s) and opens SQLite in WAL mode with a busy timeout. The URL
+scheme ``curatore-sqla+sqlite:///path`` selects it.
+
+For ``redis://`` URLs, ``celery_app`` sets Celery's ``broker_transport`` to ``curatore-redis``: see
+:class:`RedisChannel`.
 """
 
 from __future__ import annotations

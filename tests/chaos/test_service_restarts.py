@@ -378,7 +378,8 @@ def test_redis_restart_mid_run(throwaway: Backend, chaos_worker: WorkerProcess, 
     _worker_alive(chaos_worker)
     assert _status(across) is S.RUNNING, _explain(across, chaos_worker)
     _release(gate_across)
-    across_outcome, across_seconds = _wait_terminal(across, "the run released after the reconnect to end", chaos_worker)
+    across_outcome, across_seconds = _wait_terminal(across, "the run released after the reconnect to end",
+                                                    chaos_worker)
     assert across_outcome is S.COMPLETED, _explain(across, chaos_worker)
     _worker_alive(chaos_worker)
     print(f"the run that ran across the whole outage, released after the reconnect, completed in "

@@ -105,8 +105,8 @@ def _bulk_assets(org_id: uuid.UUID, n: int, collection_id: str) -> list[Asset]:
         path = _path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"file %d\n" % i)
-        assets.append(Asset(id=asset_id, organization_id=org_id, filename=f"f{i:05}.txt", size_bytes=path.stat().st_size,
-                            sha256="", storage_key=key, collection_id=collection_id))
+        assets.append(Asset(id=asset_id, organization_id=org_id, filename=f"f{i:05}.txt",
+                            size_bytes=path.stat().st_size, sha256="", storage_key=key, collection_id=collection_id))
     in_transaction(lambda s: s.add_all(assets))
     return assets
 
@@ -136,7 +136,8 @@ def test_cancel_mid_deletion_leaves_every_asset_whole_or_gone(backend, org, dwor
     assert rows == set(ids[deleted:])  # in order: the first chunks went, the rest is untouched
     events = get_logs(run.id)
     [partial] = [e for e in events if e.event_type == "partial"]
-    assert partial.message == f"Cancelled after deleting {deleted} of {total} assets; the other {total - deleted} are untouched"
+    assert partial.message == (f"Cancelled after deleting {deleted} of {total} assets; "
+                               f"the other {total - deleted} are untouched")
     assert [e.context["stage"] for e in events if e.event_type == "cancelled"] == ["acknowledged"]
     assert "deleted" not in {e.event_type for e in events} and "cleaning_up" not in phases(run.id)
 
