@@ -1,8 +1,11 @@
 """The database engine and transactions.
 
 SQLite (the embedded default) is opened in WAL mode with a busy timeout, and
-every transaction starts with ``BEGIN IMMEDIATE`` so that concurrent processes
-queue for the write lock instead of failing with "database is locked".
+every transaction that may write starts with ``BEGIN IMMEDIATE`` so that concurrent
+processes queue for the write lock instead of failing with "database is locked".
+A read-only transaction (``in_transaction(..., read_only=True)``) starts with a plain
+``BEGIN``: in WAL mode it reads a snapshot without taking the write lock, so status
+checks and pages do not keep a cancel or another writer waiting.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ T = TypeVar("T")
 _lock = threading.Lock()
 RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 _engines: dict[str, Engine] = {}
+READ_ONLY = "curatore_read_only"  # execution option: the transaction only reads
 
 
 def make_engine(url: str) -> Engine:
@@ -51,7 +55,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -77,13 +81,15 @@ def after_commit(session: Session, callback: Callable[[], object]) -> None:
 
 
 @contextmanager
-def transaction() -> Iterator[Session]:
+def transaction(read_only: bool = False) -> Iterator[Session]:
     """One database transaction: committed on success, rolled back on error.
 
-    Callbacks registered with :func:`after_commit` run after the commit.
+    Callbacks registered with :func:`after_commit` run after the commit. ``read_only``: it must not write.
     """
     try:
-        with Session(get_engine(), expire_on_commit=False) as session:
+        engine = get_engine()
+        bind = engine.execution_options(**{READ_ONLY: True}) if read_only else engine
+        with Session(bind, expire_on_commit=False) as session:
             with session.begin():
                 yield session
             callbacks = session.info.pop("after_commit", [])
@@ -99,13 +105,16 @@ def transaction() -> Iterator[Session]:
         callback()
 
 
-def in_transaction(fn: Callable[[Session], T], session: Session | None = None) -> T:
-    """Run ``fn`` in ``session`` if given, else in a new transaction retried on deadlock."""
+def in_transaction(fn: Callable[[Session], T], session: Session | None = None, *, read_only: bool = False) -> T:
+    """Run ``fn`` in ``session`` if given, else in a new transaction retried on deadlock.
+
+    ``read_only=True`` for a ``fn`` that only reads: on SQLite it then does not queue for the write lock.
+    """
     if session is not None:
         return fn(session)
     for attempt in range(6):
         try:
-            with transaction() as new_session:
+            with transaction(read_only) as new_session:
                 return fn(new_session)
         except OperationalError as exc:
             if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == 5:

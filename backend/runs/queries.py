@@ -21,7 +21,7 @@ def get_run(run_id: uuid.UUID | str, session: Session | None = None) -> Run:
         rid = uuid.UUID(str(run_id))
     except ValueError:
         raise RunNotFound(f"{run_id!r} is not a run id.") from None
-    run = in_transaction(lambda s: s.get(Run, rid), session)
+    run = in_transaction(lambda s: s.get(Run, rid), session, read_only=True)
     if run is None:
         raise RunNotFound(f"No run with id {rid}.")
     return run
@@ -65,7 +65,7 @@ def list_runs(
         created, rid = before
         query = query.where(or_(Run.created_at < created, and_(Run.created_at == created, Run.id < rid)))
     query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
-    return list(in_transaction(lambda s: s.execute(query).scalars().all(), session))
+    return list(in_transaction(lambda s: s.execute(query).scalars().all(), session, read_only=True))
 
 
 def get_logs(
@@ -76,7 +76,7 @@ def get_logs(
     if before_id is not None:
         query = query.where(RunLogEvent.id < before_id)
     query = query.order_by(RunLogEvent.id).limit(limit)
-    return list(in_transaction(lambda s: s.execute(query).scalars().all(), session))
+    return list(in_transaction(lambda s: s.execute(query).scalars().all(), session, read_only=True))
 
 
 def get_log_tail(
@@ -87,17 +87,17 @@ def get_log_tail(
     if before_id is not None:
         query = query.where(RunLogEvent.id < before_id)
     query = query.order_by(RunLogEvent.id.desc()).limit(limit)
-    return list(reversed(in_transaction(lambda s: s.execute(query).scalars().all(), session)))
+    return list(reversed(in_transaction(lambda s: s.execute(query).scalars().all(), session, read_only=True)))
 
 
 def group_for(parent_run_id: uuid.UUID, session: Session | None = None) -> RunGroup | None:
     query = select(RunGroup).where(RunGroup.parent_run_id == parent_run_id)
-    return in_transaction(lambda s: s.execute(query).scalar_one_or_none(), session)
+    return in_transaction(lambda s: s.execute(query).scalar_one_or_none(), session, read_only=True)
 
 
 def org_slug(organization_id: uuid.UUID, session: Session | None = None) -> str:
     query = select(Organization.slug).where(Organization.id == organization_id)
-    return in_transaction(lambda s: s.execute(query).scalar_one(), session)
+    return in_transaction(lambda s: s.execute(query).scalar_one(), session, read_only=True)
 
 
 def run_dict(run: Run) -> dict[str, Any]:

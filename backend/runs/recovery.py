@@ -46,7 +46,7 @@ def _expired(statuses: tuple[RunStatus, ...], before: Any, *, unchanged_since: A
     )
     if unchanged_since is not None:  # its last transition (or activity) is older than this
         stmt = stmt.where(Run.last_activity_at < unchanged_since)
-    return list(in_transaction(lambda s: s.execute(stmt).all()))
+    return list(in_transaction(lambda s: s.execute(stmt).all(), read_only=True))
 
 
 def sweep() -> dict[str, int]:

@@ -99,7 +99,7 @@ class JobContext:
                 return
             self._cancel_checked_at = now
             try:
-                status = in_transaction(lambda s: s.get(Run, self.run_id).status)
+                status = in_transaction(lambda s: s.get(Run, self.run_id).status, read_only=True)
             except DatabaseUnavailable:  # away for a moment (a restart): the heartbeat passes a cancel on later
                 status = None
             if status in (S.CANCELLING, S.CANCELLED):

@@ -32,7 +32,8 @@ def dworker(start_worker):  # type: ignore[no-untyped-def]
 
 
 def count(model, *where) -> int:  # type: ignore[no-untyped-def]
-    return in_transaction(lambda s: s.execute(select(func.count()).select_from(model).where(*where)).scalar_one())
+    return in_transaction(lambda s: s.execute(select(func.count()).select_from(model).where(*where)).scalar_one(),
+                          read_only=True)
 
 
 def search_rows(asset_id: uuid.UUID) -> int:

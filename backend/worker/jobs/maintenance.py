@@ -122,7 +122,7 @@ def _old_roots(cutoff: datetime, after: tuple[datetime, uuid.UUID] | None) -> li
     if after is not None:
         query = query.where(or_(Run.completed_at > after[0], and_(Run.completed_at == after[0], Run.id > after[1])))
     query = query.order_by(Run.completed_at, Run.id).limit(BATCH)
-    return [(r.completed_at, r.id) for r in in_transaction(lambda s: s.execute(query).all())]
+    return [(r.completed_at, r.id) for r in in_transaction(lambda s: s.execute(query).all(), read_only=True)]
 
 
 def _families(cutoff: datetime, roots: list[uuid.UUID]) -> tuple[list[list[uuid.UUID]], int]:
@@ -138,7 +138,7 @@ def _families(cutoff: datetime, roots: list[uuid.UUID]) -> tuple[list[list[uuid.
             chunk = parents[i:i + BATCH]
             rows += in_transaction(lambda s, c=chunk: s.execute(
                 select(Run.id, Run.parent_run_id, Run.status, Run.completed_at).where(Run.parent_run_id.in_(c))
-            ).all())
+            ).all(), read_only=True)
         level = []
         for row in rows:
             root_of[row.id] = root_of[row.parent_run_id]
