@@ -54,7 +54,7 @@ def sweep() -> dict[str, int]:
     settings = get_settings()
     registry = get_registry()
     now = utcnow()
-    counts = {"stale": 0, "requeued": 0, "timed_out": 0, "cancelled": 0, "inactive": 0}
+    counts = {"stale": 0, "requeued": 0, "timed_out": 0, "cancelled": 0, "inactive": 0, "unstarted": 0}
     for run_id, *_ in _expired((S.RUNNING,), now):
         if service.mark_stale(run_id, "No heartbeat from its worker: its lease expired"):
             counts["stale"] += 1
