@@ -97,6 +97,15 @@ class Backend:
         reset_process_state()
 
 
+def restore_environ(saved: dict[str, str | None]) -> None:
+    """Put back environment variables as ``saved`` recorded them (None: it was unset)."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def reset_process_state() -> None:
     """Forget cached settings, registry, database pools and broker connections (after an env change)."""
     from backend.config import reset_settings
@@ -197,11 +206,7 @@ def _make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
         from backend.db.engine import dispose_engines
 
         dispose_engines()
-        for key, value in backend.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(backend.saved)
         if dbname:
             _pg_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 

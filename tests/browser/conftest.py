@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CI, Backend, WorkerProcess, reset_process_state
+from tests.conftest import CI, Backend, WorkerProcess, reset_process_state, restore_environ
 from tests.processes import ROOT, UIProcess, free_port
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -68,11 +68,7 @@ def _applied(backend: Backend) -> Iterator[None]:
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(saved)
         reset_process_state()
 
 

@@ -25,7 +25,7 @@ from backend.db.models import ApiToken, Organization, User
 from backend.runs import groups, service
 from backend.storage.assets import store_bytes
 from tests.api_client import ApiClient
-from tests.conftest import reset_process_state
+from tests.conftest import reset_process_state, restore_environ
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -104,11 +104,7 @@ def api(backend, org, tmp_path) -> Iterator[Api]:  # type: ignore[no-untyped-def
         with ApiClient(create_api()) as client:
             yield Api(client, org, b, tokens, tmp_path)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(saved)
 
 
 def pending_run(org: Organization, **config: Any) -> str:

@@ -65,10 +65,10 @@ def _stage_ended(session: Session, group: RunGroup, child_id: uuid.UUID, outcome
     parent_id = group.parent_run_id
     if outcome is not S.COMPLETED:
         return  # the group ends now; _end_pipeline says why
-    times = session.execute(select(Run.started_at, Run.completed_at).where(Run.id == child_id)).one()
-    seconds = round((times.completed_at - times.started_at).total_seconds(), 3) if times.started_at else None
+    child = session.execute(select(Run).where(Run.id == child_id)
+                            .execution_options(populate_existing=True)).scalar_one()  # just ended by an UPDATE
     service.add_log(parent_id, LogLevel.INFO, "step_complete", f"Stage {n}/{total} ({key}) completed",
-                    {"stage": n, "run_type": key, "child_run_id": str(child_id), "seconds": seconds}, session)
+                    {"stage": n, "run_type": key, "child_run_id": str(child_id), "seconds": _seconds(child)}, session)
     parent_status = session.execute(select(Run.status).where(Run.id == parent_id)).scalar_one()
     if n >= total or RunStatus(parent_status) is not S.RUNNING:
         _progress(session, parent_id, n, total, _phase(n, key), key)
