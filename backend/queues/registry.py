@@ -88,6 +88,14 @@ class JobType:
     failed_toast: str = "{label} failed: {error}"
     resource_link: ResourceLink | None = None
     aliases: tuple[str, ...] = ()
+    # Who may submit it: the least role in the run's organization; a system-only type is submitted by
+    # system admins (and the engine itself) only, and its runs belong to no tenant.
+    submit_role: Literal["viewer", "member", "admin"] = "member"
+    system_only: bool = False
+    # "module:function" (or the function) called as fn(config, organization_id) with the validated config
+    # when a run is created: it refuses (InvalidConfig) what the organization may not name, such as a
+    # connection that is not configured for it.
+    check_config: str | Callable[[dict[str, Any], Any], None] | None = None
 
     @property
     def task_name(self) -> str:
@@ -97,6 +105,12 @@ class JobType:
         if callable(self.executor):
             return self.executor
         module, _, name = self.executor.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def load_check_config(self) -> Callable[[dict[str, Any], Any], None] | None:
+        if self.check_config is None or callable(self.check_config):
+            return self.check_config
+        module, _, name = self.check_config.partition(":")
         return getattr(importlib.import_module(module), name)
 
     def resource_id_from(self, config: dict[str, Any]) -> str | None:
@@ -125,6 +139,8 @@ class JobType:
             "cancel_cascade": self.cancel_cascade,
             "retry_policy": vars(self.retry_policy),
             "aliases": list(self.aliases),
+            "submit_role": self.submit_role,
+            "system_only": self.system_only,
             "description": self.description,
             "config_schema": self.config_model.model_json_schema(),
         }
@@ -282,7 +298,9 @@ class Registry:
     def find(self, run_type: str) -> JobType | None:
         return self.types.get(self.aliases.get(run_type, run_type))
 
-    def validate_config(self, run_type: str, config: Any) -> dict[str, Any]:
+    def validate_config(self, run_type: str, config: Any, organization_id: Any = None) -> dict[str, Any]:
+        """The config, validated against the type's model (and, given the organization, the type's
+        ``check_config``); raises InvalidConfig naming the field."""
         job_type = self.resolve(run_type)
         if not isinstance(config, dict):
             raise InvalidConfig(f"The config of a {job_type.key} run must be a JSON object.")
@@ -290,7 +308,11 @@ class Registry:
             model = job_type.config_model.model_validate(config)
         except ValidationError as exc:
             raise InvalidConfig(_describe(job_type.key, exc), errors=exc.errors(include_url=False)) from None
-        return model.model_dump(mode="json")
+        clean = model.model_dump(mode="json")
+        check = job_type.load_check_config() if organization_id is not None else None
+        if check is not None:
+            check(clean, organization_id)
+        return clean
 
     def apply_overrides(self, overrides: dict[str, Any]) -> None:
         """Apply limits from the overrides file: ``{"queues": {name: {...}}, "job_types": {key: {...}}}``.

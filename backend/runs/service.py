@@ -98,7 +98,7 @@ def create_run(
     """Validate and write a pending run. An invalid config, or the same job already active on the same
     resource (or within the type's cooldown), raises before anything is written."""
     job_type = get_registry().resolve(run_type)
-    clean = get_registry().validate_config(run_type, config)
+    clean = get_registry().validate_config(run_type, config, organization_id)
     if priority is not None and not 0 <= priority <= 4:
         raise InvalidConfig(f"priority must be between 0 and 4, not {priority}.")
     asset_ids = list(input_asset_ids or [])
