@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -30,6 +31,7 @@ class CuratoreGroup(click.Group):
 @click.group(cls=CuratoreGroup)
 def main() -> None:
     """Curatore Jobs: tracked background runs with a live admin UI."""
+    os.umask(0o077)  # whatever this process and its children create (databases, assets, logs) is private
 
 
 @main.command()
@@ -53,11 +55,13 @@ def migrate() -> None:
 @click.option("--backend-port", default=8000, show_default=True, help="Port of the Reflex backend.")
 @click.option("--no-ui", is_flag=True, help="Run the worker and scheduler only.")
 @click.option("--reload", is_flag=True, help="Reflex dev mode: hot reload, backend on --backend-port.")
-def dev(port: int, backend_port: int, no_ui: bool, reload: bool) -> None:
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the web app listens on (0.0.0.0 to reach it from other machines).")
+def dev(port: int, backend_port: int, no_ui: bool, reload: bool, host: str) -> None:
     """Everything in one process group on this machine: web app, worker, scheduler. Ctrl-C stops all."""
     from backend.devserver import run_dev
 
-    sys.exit(run_dev(port=port, backend_port=backend_port, ui=not no_ui, reload=reload))
+    sys.exit(run_dev(port=port, backend_port=backend_port, ui=not no_ui, reload=reload, host=host))
 
 
 @main.command()

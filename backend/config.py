@@ -81,8 +81,10 @@ class Settings(BaseSettings):
         return self.data_dir / "assets"
 
     def ensure_dirs(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.assets_dir.mkdir(parents=True, exist_ok=True)
+        """The data folder and the assets folder, readable by the server's user only (0700)."""
+        for folder in (self.data_dir, self.assets_dir):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,7 @@ def reflex_env() -> dict[str, str]:
     return env
 
 
-def children(port: int, backend_port: int, ui: bool, reload: bool = False) -> list[Child]:
+def children(port: int, backend_port: int, ui: bool, reload: bool = False, host: str = "127.0.0.1") -> list[Child]:
     settings = get_settings()
     py = sys.executable
     result = [
@@ -49,15 +49,18 @@ def children(port: int, backend_port: int, ui: bool, reload: bool = False) -> li
     ]
     if ui and reload:  # Reflex's dev mode: hot reload, frontend and backend on two ports
         result.append(Child("ui", [py, "-m", "reflex", "run", "--frontend-port", str(port),
-                                   "--backend-port", str(backend_port), "--loglevel", "info"]))
+                                   "--backend-port", str(backend_port), "--backend-host", host,
+                                   "--loglevel", "info"]))
     elif ui:  # one port, a production build, no file watcher
         result.append(Child("ui", [py, "-m", "reflex", "run", "--env", "prod", "--single-port",
-                                   "--frontend-port", str(port), "--backend-port", str(port), "--loglevel", "info"]))
+                                   "--frontend-port", str(port), "--backend-port", str(port), "--backend-host", host,
+                                   "--loglevel", "info"]))
     settings.ensure_dirs()
     return result
 
 
-def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload: bool = False) -> int:
+def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload: bool = False,
+            host: str = "127.0.0.1") -> int:
     from backend.auth.orgs import ensure_org
     from backend.db.migrate import upgrade
 
@@ -68,7 +71,7 @@ def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload:
     org = ensure_org(settings.default_org_slug, "Demo")
     email, password = ensure_first_admin(org, settings.data_dir)
     print(f"curatore dev: database ready; organization '{org.slug}'", flush=True)
-    procs = children(port, backend_port, ui, reload)
+    procs = children(port, backend_port, ui, reload, host)
     stopping = False
 
     def stop(*_: object) -> None:

@@ -27,6 +27,8 @@ def ensure_first_admin(org: Organization, data_dir: Path) -> tuple[str, str | No
     password = secrets.token_urlsafe(12)
     user = create_user(FIRST_ADMIN, password, name="Admin", system_admin=True)
     set_role(user.id, org.id, "admin")
-    note.write_text(password + "\n")
+    fd = os.open(note, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
     os.chmod(note, 0o600)
     return FIRST_ADMIN, password

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ def store_bytes(
     asset_id = uuid.uuid4()
     key = f"{organization_id}/{asset_id.hex[:2]}/{asset_id}"
     path = _path_for(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # stored files are the server's alone
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
     asset = Asset(
         id=asset_id,
         organization_id=organization_id,

@@ -12,6 +12,7 @@ For ``redis://`` URLs, ``celery_app`` sets Celery's ``broker_transport`` to ``cu
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as _redis
@@ -27,6 +28,10 @@ class Channel(_Channel):
     def _engine_from_config(self):  # type: ignore[no-untyped-def]
         engine = super()._engine_from_config()
         if engine.dialect.name == "sqlite":
+            if engine.url.database and engine.url.database != ":memory:":
+                from backend.db.engine import private_file
+
+                private_file(Path(engine.url.database))  # queued messages carry run ids and configs
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
