@@ -111,8 +111,8 @@ def submit(
     wait: bool, timeout: float,
 ) -> None:
     """Submit a run. A local "path" (or "paths") in the config is stored as an asset first."""
-    from backend.auth.orgs import ensure_org
-    from backend.queues.dispatch import submit_run
+    from backend import actions
+    from backend.auth.access import Principal
     from backend.queues.registry import get_registry
 
     try:
@@ -125,14 +125,30 @@ def submit(
     get_registry().validate_config(run_type, _store_paths(None, config))
     if display_name is None and isinstance(config.get("path"), str):
         display_name = config["path"]
-    org = ensure_org(org_slug or get_settings().default_org_slug)
+    org = _submit_org(org_slug)
     config = _store_paths(org.id, config)
-    run = submit_run(
-        run_type, config, organization_id=org.id, priority=priority, display_name=display_name, created_by="cli"
-    )
+    # The operator on the server is a system admin, under the same rules as everyone: a system run goes to the
+    # system organization, a pipeline may not name a system-only stage.
+    run = actions.submit(Principal.system("cli"), run_type, config, org.id, priority=priority,
+                         display_name=display_name)
     click.echo(str(run.id))
     if wait:
         sys.exit(_follow(run.id, timeout))
+
+
+def _submit_org(org_slug: str | None) -> Any:
+    """The organization --org names, which must exist (a typo creates nothing); without --org, the default
+    organization, created on first use."""
+    from backend.auth.orgs import check_slug, ensure_org, get_org
+    from backend.errors import NotFound
+
+    if org_slug is None:
+        return ensure_org(get_settings().default_org_slug)
+    check_slug(org_slug)
+    try:
+        return get_org(org_slug)
+    except NotFound:
+        raise NotFound(f"No organization {org_slug!r} (create it with: curatore orgs create {org_slug})") from None
 
 
 def _store_paths(org_id: uuid.UUID | None, config: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +262,8 @@ def orgs() -> None:
 @click.argument("slug")
 @click.option("--name", default=None)
 def orgs_create(slug: str, name: str | None) -> None:
+    """Create an organization (the only way to: the app and the REST API never do). The slug ``system`` is
+    reserved."""
     from backend.auth.orgs import ensure_org
 
     org = ensure_org(slug, name)
@@ -273,7 +291,7 @@ def users() -> None:
 def users_create(email: str, password: str | None, password_stdin: bool, name: str, system_admin: bool,
                  org_slug: str | None, role: str | None) -> None:
     """Add a user. Without --password or --password-stdin, the password is asked for."""
-    from backend.auth.orgs import get_org
+    from backend.auth.orgs import get_org, refuse_members
     from backend.auth.users import create_user, set_role
 
     if password is not None and password_stdin:
@@ -281,6 +299,8 @@ def users_create(email: str, password: str | None, password_stdin: bool, name: s
     if role is not None and org_slug is None:
         raise CuratoreError("--role needs --org: the organization the role is in.")
     org = get_org(org_slug) if org_slug else None  # refuse an unknown organization before creating anyone
+    if org is not None:
+        refuse_members(org.id)  # and the system organization, which has no members
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif password is None:

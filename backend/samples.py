@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from backend.auth.orgs import system_org
 from backend.config import PROJECT_ROOT, get_settings
 from backend.db.models import Run
 from backend.errors import CuratoreError
@@ -29,16 +30,17 @@ def _store(org_id: uuid.UUID, path: Path) -> Any:
     return store_bytes(org_id, path.name, path.read_bytes(), source="sample")
 
 
-def start_samples(organization_id: uuid.UUID, created_by: str = "demo") -> list[Run]:
+def start_samples(organization_id: uuid.UUID, created_by: str = "demo", system_admin: bool = False) -> list[Run]:
     """Start one run of every job type on sample data; returns the runs started.
 
-    A sample that cannot start (its resource is busy from an earlier click, say) is skipped.
+    A sample that cannot start (its resource is busy from an earlier click, say) is skipped. The health check
+    is a system-only type: it starts (in the system organization) only for a system admin.
     """
     runs: list[Run] = []
 
-    def start(run_type: str, config: dict[str, Any], name: str) -> None:
+    def start(run_type: str, config: dict[str, Any], name: str, org_id: uuid.UUID = organization_id) -> None:
         try:
-            runs.append(submit_run(run_type, config, organization_id=organization_id, origin=RunOrigin.SYSTEM,
+            runs.append(submit_run(run_type, config, organization_id=org_id, origin=RunOrigin.SYSTEM,
                                    created_by=created_by, display_name=name))
         except CuratoreError:
             pass
@@ -57,7 +59,8 @@ def start_samples(organization_id: uuid.UUID, created_by: str = "demo") -> list[
     ]}, "Extract, then verify")
     doomed = store_bytes(organization_id, "obsolete-draft.txt", b"An obsolete draft.\n", source="sample")
     start("deletion", {"resource_type": "asset", "resource_id": str(doomed.id)}, "Delete an obsolete draft")
-    start("system_maintenance", {"handlers": ["health", "orphans"]}, "Health check")
+    if system_admin:
+        start("system_maintenance", {"handlers": ["health", "orphans"]}, "Health check", system_org().id)
     port = get_settings().demo_servers_port
     if port:
         from backend.connectors.devservers import demo_urls

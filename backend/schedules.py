@@ -25,8 +25,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from backend.auth.orgs import system_org
 from backend.db.engine import in_transaction
-from backend.db.models import Run, ScheduledTask
+from backend.db.models import OutboxEvent, Run, ScheduledTask
 from backend.db.types import utcnow
 from backend.errors import CuratoreError, NotCapable, NotFound
 from backend.queues.registry import get_registry
@@ -63,14 +64,15 @@ class ScheduleNotFound(NotFound):
 # --------------------------------------------------------------------------- definitions
 
 
-def ensure_defaults(organization_id: uuid.UUID | None = None) -> list[ScheduledTask]:
-    """Create the default schedules that do not exist yet (owned by ``organization_id``, by default the
-    organization named by ``CURATORE_DEFAULT_ORG_SLUG``). Safe to call from several processes at once."""
-    if organization_id is None:
-        from backend.auth.orgs import ensure_org
-        from backend.config import get_settings
+def ensure_defaults() -> list[ScheduledTask]:
+    """Create the default schedules that do not exist yet, in the system organization (their type is
+    system-only: they belong to no tenant). Safe to call from several processes at once.
 
-        organization_id = ensure_org(get_settings().default_org_slug).id
+    Also a data fix for databases from before system-only types: schedules of a system-only type owned by a
+    tenant (the default organization, then) move to the system organization, with the top-level runs of
+    those types, so that a tenant neither manages them nor reads their cross-organization results."""
+    organization_id = system_org().id
+    _adopt_system_work(organization_id)
     for default in DEFAULTS:
         if _find(default.name) is None:
             try:
@@ -79,6 +81,27 @@ def ensure_defaults(organization_id: uuid.UUID | None = None) -> list[ScheduledT
             except IntegrityError:
                 pass  # another process created it first
     return list_schedules()
+
+
+def _adopt_system_work(system_id: uuid.UUID) -> None:
+    """Move schedules and top-level runs of system-only types (and those runs' outbox rows) to the system
+    organization."""
+    keys = [t.key for t in get_registry().types.values() if t.system_only]
+    if not keys:
+        return
+
+    def write(s: Session) -> None:
+        s.execute(update(ScheduledTask).where(ScheduledTask.run_type.in_(keys),
+                                              ScheduledTask.organization_id != system_id)
+                  .values(organization_id=system_id).execution_options(synchronize_session=False))
+        moved = select(Run.id).where(Run.run_type.in_(keys), Run.parent_run_id.is_(None),
+                                     Run.organization_id != system_id)
+        s.execute(update(OutboxEvent).where(OutboxEvent.run_id.in_(moved)).values(organization_id=system_id)
+                  .execution_options(synchronize_session=False))
+        s.execute(update(Run).where(Run.id.in_(moved)).values(organization_id=system_id)
+                  .execution_options(synchronize_session=False))
+
+    in_transaction(write)
 
 
 def create_schedule(
@@ -93,12 +116,16 @@ def create_schedule(
     first_run_at: datetime | None = None,
 ) -> ScheduledTask:
     """Add a scheduled task; its type and config are validated now. It first runs at ``first_run_at``
-    (default: at the next tick)."""
+    (default: at the next tick). A task of a system-only type belongs to the system organization, whatever
+    organization was named."""
     if interval_seconds < 1:
         raise CuratoreError(f"A schedule's interval must be at least 1 second, not {interval_seconds}.")
+    job_type = get_registry().resolve(run_type)
     clean = get_registry().validate_config(run_type, config)
+    if job_type.system_only:
+        organization_id = system_org().id
     task = ScheduledTask(name=name, description=description, organization_id=organization_id,
-                         run_type=get_registry().resolve(run_type).key, config=clean,
+                         run_type=job_type.key, config=clean,
                          interval_seconds=interval_seconds, enabled=enabled, next_run_at=first_run_at or utcnow())
 
     def write(s: Session) -> ScheduledTask:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from backend.auth.orgs import refuse_members
 from backend.auth.passwords import digest, hash_password, new_secret, verify_password
 from backend.db.engine import in_transaction
 from backend.db.models import ApiToken, LoginSession, Membership, Organization, User
@@ -49,6 +50,7 @@ def get_user(email: str) -> User:
 def set_role(user_id: uuid.UUID, organization_id: uuid.UUID, role: str) -> None:
     if role not in ROLES:
         raise CuratoreError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
+    refuse_members(organization_id)
 
     def write(s: Any) -> None:
         changed = s.execute(update(Membership).where(Membership.user_id == user_id,

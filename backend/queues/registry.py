@@ -253,6 +253,7 @@ def builtin_types() -> list[JobType]:
             "system_maintenance", "System Maintenance", "wrench", "gray", "maintenance", 1800, (),
             c.SystemMaintenanceConfig, f"{J}.maintenance:run",
             description="Retention, stale-run recovery, orphans, health report", default_priority=1,
+            system_only=True,  # it reads and deletes across organizations: system admins only, no tenant's run
         ),
     ]
 

@@ -11,7 +11,7 @@ from typing import Any
 import reflex as rx
 
 from backend.auth.orgs import get_org
-from backend.errors import CuratoreError
+from backend.errors import CuratoreError, NotFound
 from backend.queues.registry import get_registry
 from backend import actions
 from backend.auth.access import Forbidden
@@ -63,10 +63,21 @@ def build_query(org_id: uuid.UUID | None, f: dict[str, str]) -> listing.ListQuer
     )
 
 
+def visible_org_id(org_slug: str, principal: Any) -> uuid.UUID:
+    """The organization's id, if the principal sees it; a slug that does not exist gets the same answer as one
+    the principal may not see (and is never created here: only system admins create organizations, with
+    ``curatore orgs create``)."""
+    try:
+        org_id = get_org(org_slug).id
+    except NotFound:
+        raise NotFound("That organization does not exist.") from None
+    principal.require("view", org_id, "That organization")
+    return org_id
+
+
 def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bool, principal: Any) -> dict[str, Any]:
     if org_slug:
-        org_id = get_org(org_slug).id
-        principal.require("view", org_id, "That organization")
+        org_id = visible_org_id(org_slug, principal)
     elif principal.is_system_admin:
         org_id = None
     else:
@@ -241,6 +252,8 @@ class JobsListState(rx.State):
     @rx.event
     async def start_samples(self) -> None:
         principal = await self._principal()
+        if principal is None:  # signed out meanwhile: the redirect to the login page follows
+            return
         try:
             runs = await asyncio.to_thread(_start_samples, self.org_slug, principal)
         except CuratoreError as exc:
@@ -255,13 +268,14 @@ class JobsListState(rx.State):
 
 
 def _start_samples(org_slug: str, principal: Any) -> list[Any]:
-    from backend.auth.orgs import ensure_org
+    """Sample runs in an existing organization, checked before anything is written; the system-only health
+    check only for a system admin."""
     from backend.config import get_settings
     from backend.samples import start_samples
 
-    org = ensure_org(org_slug or get_settings().default_org_slug)
-    principal.require("submit", org.id, "That organization")
-    return start_samples(org.id, created_by=principal.name)
+    org_id = visible_org_id(org_slug or get_settings().default_org_slug, principal)
+    principal.require("submit", org_id, "That organization")
+    return start_samples(org_id, created_by=principal.name, system_admin=principal.is_system_admin)
 
 
 def _each(ids: list[str], action: Any) -> tuple[int, list[str]]:

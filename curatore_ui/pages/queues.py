@@ -69,6 +69,23 @@ def _read() -> dict[str, Any]:
     return {"queues": queues, "workers": nodes, "history": stats.history(12), "schedules": plans}
 
 
+DENIED = "Queue administration is for system admins."
+
+
+def schedule_event(principal: Any, action: Any, *args: Any) -> dict[str, Any]:
+    """A schedule button of this page: ``action(principal, *args)`` and the page's data afterwards, for a system
+    admin only. Anyone else (the page already shows them "denied") changes nothing and gets nothing back, not
+    even a notice: the page's data is every organization's queues, history and schedules."""
+    if principal is None or not principal.is_system_admin:
+        return {"notice": None, "data": None}
+    try:
+        action(principal, *args)
+        notice = ""
+    except CuratoreError as exc:
+        notice = exc.message
+    return {"notice": notice, "data": _read()}
+
+
 class QueuesState(rx.State):
     live_seq: int = 0
     queues: list[QueueRow] = []
@@ -85,7 +102,8 @@ class QueuesState(rx.State):
         if redirect:
             return redirect
         self.denied = not principal.is_system_admin
-        if self.denied:  # queue administration is for system admins
+        if self.denied:  # queue administration is for system admins: nothing shown from an earlier sign-in either
+            self._show({"queues": [], "workers": [], "history": [], "schedules": []})
             return None
         seq = await asyncio.to_thread(current_seq)
         await self._refresh()
@@ -94,18 +112,18 @@ class QueuesState(rx.State):
         return None
 
     async def _refresh(self) -> None:
-        data = await asyncio.to_thread(_read)
-        self.queues, self.workers, self.history = data["queues"], data["workers"], data["history"]
-        self.schedules = data["schedules"]
+        self._show(await asyncio.to_thread(_read))
 
     async def _schedule_action(self, action: Any, *args: Any) -> None:
         principal = (await principal_or_redirect(self))[0]
-        try:
-            await asyncio.to_thread(action, principal, *args)
-            self.notice = ""
-        except CuratoreError as exc:
-            self.notice = exc.message
-        await self._refresh()
+        outcome = await asyncio.to_thread(schedule_event, principal, action, *args)
+        if outcome["data"] is not None:
+            self.notice = outcome["notice"]
+            self._show(outcome["data"])
+
+    def _show(self, data: dict[str, Any]) -> None:
+        self.queues, self.workers, self.history = data["queues"], data["workers"], data["history"]
+        self.schedules = data["schedules"]
 
     @rx.event
     async def toggle_schedule(self, name: str, enabled: bool) -> None:
@@ -226,7 +244,7 @@ def _schedules() -> rx.Component:
 def page() -> rx.Component:
     return layout(
         "Queues",
-        rx.cond(QueuesState.denied, rx.callout("Queue administration is for system admins.", icon="lock",
+        rx.cond(QueuesState.denied, rx.callout(DENIED, icon="lock",
                                                color_scheme="gray")),
         rx.grid(rx.foreach(QueuesState.queues, _queue_card), columns=rx.breakpoints(initial="1", sm="2", lg="3"),
                 spacing="4", width="100%"),

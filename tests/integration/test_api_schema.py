@@ -57,7 +57,7 @@ def seeded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                                 organization_id=other.id)
     group = groups.create_group(parent.id)
     child = groups.add_child(group.id, "system_maintenance", {"handlers": ["health"]})
-    schedules.ensure_defaults(org.id)
+    schedules.ensure_defaults()
     user = users.create_user("root@example.com", "correct horse battery", system_admin=True)
     _, secret = users.create_token(user.id, "schemathesis")
     yield {"headers": {"Authorization": f"Bearer {secret}"}, "run_ids": [str(r.id) for r in (*runs, parent, child)]}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text, update
 
+from backend.auth.orgs import system_org
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ExternalRecord, OutboxEvent, Run, RunGroup, RunLogEvent
 from backend.db.types import utcnow
@@ -229,7 +230,7 @@ def test_retention_deletes_old_finished_runs_only(backend, org, dworker):
     bulk = _bulk_old_runs(org.id, 1200, days_ago=35)
 
     run = submit_run("system_maintenance", {"handlers": ["retention"], "retention_days": 30},
-                     organization_id=org.id)
+                     organization_id=system_org().id)
     done = wait_terminal(run.id, timeout=90)
 
     assert S(done.status) is S.COMPLETED, done.error_message
@@ -260,7 +261,8 @@ def test_orphans_are_counted_not_fixed(backend, org, dworker):
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"nobody's")
 
-    done = wait_terminal(submit_run("system_maintenance", {"handlers": ["orphans"]}, organization_id=org.id).id)
+    done = wait_terminal(submit_run("system_maintenance", {"handlers": ["orphans"]},
+                                    organization_id=system_org().id).id)
 
     assert S(done.status) is S.COMPLETED, done.error_message
     result = done.results_summary["orphans"]
@@ -274,7 +276,7 @@ def test_orphans_are_counted_not_fixed(backend, org, dworker):
 
 
 def test_health_and_stale_runs_report_in_results(backend, org, dworker):
-    done = wait_terminal(submit_run("system_maintenance", {}, organization_id=org.id).id)
+    done = wait_terminal(submit_run("system_maintenance", {}, organization_id=system_org().id).id)
 
     assert S(done.status) is S.COMPLETED, done.error_message
     results = done.results_summary
@@ -294,7 +296,7 @@ def test_cancel_mid_retention_stops_between_batches(backend, org, dworker):
     total = 8000
     old = _bulk_old_runs(org.id, total, days_ago=60)
     run = submit_run("system_maintenance", {"handlers": ["retention", "health"], "retention_days": 30},
-                     organization_id=org.id)
+                     organization_id=system_org().id)
 
     def remaining() -> int:
         return sum(count(Run, Run.id.in_(old[i:i + 1000])) for i in range(0, total, 1000))
@@ -327,7 +329,7 @@ def test_a_failing_handler_fails_the_run_and_the_others_still_run(backend, org, 
     assets_dir.rename(unmounted)  # the storage volume is not mounted
     try:
         done = wait_terminal(submit_run("system_maintenance", {"handlers": ["orphans", "health"]},
-                                        organization_id=org.id).id)
+                                        organization_id=system_org().id).id)
     finally:
         unmounted.rename(assets_dir)
 

@@ -51,14 +51,16 @@ def demo_servers(backend):  # type: ignore[no-untyped-def]
 
 
 def test_samples_cover_every_job_type_and_succeed(demo_servers, start_worker):  # type: ignore[no-untyped-def]
-    from backend.auth.orgs import ensure_org
+    from backend.auth.orgs import ensure_org, system_org
 
     start_worker(concurrency=4)
-    started = start_samples(ensure_org("demo").id)
+    started = start_samples(ensure_org("demo").id, system_admin=True)  # the health check is a system admin's
     builtin = {t.key for t in get_registry().types.values() if t.key in {
         "extraction", "upload", "sharepoint_sync", "sam_pull", "sam_refresh", "scrape", "salesforce_import",
         "forecast_sync", "procedure", "pipeline", "deletion", "system_maintenance"}}
     assert {r.run_type for r in started} == builtin and len(builtin) == 12
+    [health] = [r for r in started if r.run_type == "system_maintenance"]
+    assert health.organization_id == system_org().id  # a system run, not the demo organization's
 
     def all_ended():  # type: ignore[no-untyped-def]
         runs = list_runs(RunFilter(), limit=500)

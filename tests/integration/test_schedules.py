@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from backend import schedules
+from backend.auth.orgs import system_org
 from backend.db.engine import in_transaction
 from backend.db.models import ScheduledTask
 from backend.db.types import utcnow
@@ -142,11 +143,12 @@ def test_disable_enable_and_trigger(backend, org):
 
 
 def test_defaults_are_ensured_once_and_valid(backend, org):
-    first = schedules.ensure_defaults(org.id)
-    again = schedules.ensure_defaults(org.id)
+    first = schedules.ensure_defaults()
+    again = schedules.ensure_defaults()
     assert [t.name for t in first] == [t.name for t in again] == ["maintenance-hourly", "retention-daily"]
     assert [t.id for t in first] == [t.id for t in again]
     hourly, daily = first
+    assert hourly.organization_id == daily.organization_id == system_org().id  # no tenant's
     assert (hourly.interval_seconds, daily.interval_seconds) == (3600, 86400)
     assert hourly.config["handlers"] == ["stale_runs", "orphans", "health"]
     assert daily.config["handlers"] == ["retention"]

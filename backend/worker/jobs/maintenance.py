@@ -2,8 +2,9 @@
 
 - ``retention``: finished runs older than ``retention_days`` (the config's, else the setting, else 30)
   are deleted with their descendants, log events and outbox rows, in batches of about 500 runs, one
-  transaction per batch. A family goes only when every run in it has finished before the cut-off;
-  an active run is never touched.
+  transaction per batch and organization. A family goes only when every run in it has finished before the
+  cut-off; an active run is never touched. Each organization whose runs were deleted gets an audit entry
+  (action ``retention``) with its counts.
 - ``stale_runs``: one pass of stale-run recovery, ``backend.runs.recovery.sweep()``.
 - ``orphans``: counts (and fixes nothing): assets whose stored file is missing, files under the assets
   folder that no asset names, child runs whose parent is gone, run groups whose parent run is gone.
@@ -25,6 +26,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.orm import aliased
 
+from backend import audit
 from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, Run, RunGroup
@@ -38,6 +40,7 @@ from backend.worker.jobs.deletion import purge_runs
 BATCH = 500
 SAMPLE = 20
 DEFAULT_RETENTION_DAYS = 30
+COUNTS = ("runs", "log_events", "outbox_events", "run_groups")
 
 
 def run(ctx: JobContext, config: SystemMaintenanceConfig) -> dict[str, Any]:
@@ -87,42 +90,69 @@ def retention(ctx: JobContext, config: SystemMaintenanceConfig) -> dict[str, Any
     old_roots = (select(func.count()).select_from(Run)
                  .where(Run.parent_run_id.is_(None), Run.status.in_(TERMINAL), Run.completed_at < cutoff))
     candidates = in_transaction(lambda s: s.execute(old_roots).scalar_one())
-    totals = {"runs": 0, "log_events": 0, "outbox_events": 0, "run_groups": 0}
+    totals = dict.fromkeys(COUNTS, 0)
+    per_org: dict[uuid.UUID, dict[str, int]] = {}
     kept_families = batches = 0
     after: tuple[datetime, uuid.UUID] | None = None
-    while True:
-        try:
-            ctx.check_cancelled()
-        except JobCancelled:
-            ctx.warn(f"Retention cancelled after {batches} batches: deleted {totals['runs']} runs, "
-                     f"{totals['log_events']} log events and {totals['outbox_events']} outbox rows", "partial",
-                     batches=batches, **{f"deleted_{k}": v for k, v in totals.items()})
-            raise
-        roots = _old_roots(cutoff, after)
-        if not roots:
-            break
-        after = roots[-1]
-        levels, kept = _families(cutoff, [rid for _, rid in roots])
-        kept_families += kept
-        if levels:
-            counts = in_transaction(lambda s, lv=levels: purge_runs(s, lv))
-            for key, value in counts.items():
-                totals[key] += value
-            batches += 1
-        ctx.progress(item=f"{totals['runs']} runs deleted", deleted=totals["runs"], candidates=candidates)
+    try:
+        while True:
+            try:
+                ctx.check_cancelled()
+            except JobCancelled:
+                ctx.warn(f"Retention cancelled after {batches} batches: deleted {totals['runs']} runs, "
+                         f"{totals['log_events']} log events and {totals['outbox_events']} outbox rows", "partial",
+                         batches=batches, **{f"deleted_{k}": v for k, v in totals.items()})
+                raise
+            roots = _old_roots(cutoff, after)
+            if not roots:
+                break
+            after = roots[-1][:2]
+            purged = False
+            for org_id, org_roots in _by_org(roots).items():
+                levels, kept = _families(cutoff, org_roots)
+                kept_families += kept
+                if levels:
+                    counts = in_transaction(lambda s, lv=levels: purge_runs(s, lv))
+                    for key, value in counts.items():
+                        totals[key] += value
+                        per_org.setdefault(org_id, dict.fromkeys(COUNTS, 0))[key] += value
+                    purged = True
+            batches += purged
+            ctx.progress(item=f"{totals['runs']} runs deleted", deleted=totals["runs"], candidates=candidates)
+    finally:  # what was deleted is committed batch by batch: each organization's audit log says so, even if cut short
+        _audit_deletions(ctx, per_org, days, cutoff)
     return {"retention_days": days, "cutoff": cutoff.isoformat(), "batches": batches,
-            "families_kept_active_or_recent": kept_families, **{f"deleted_{k}": v for k, v in totals.items()},
+            "families_kept_active_or_recent": kept_families, "organizations": len(per_org),
+            **{f"deleted_{k}": v for k, v in totals.items()},
             "_summary": f"Retention ({days} days): deleted {totals['runs']} runs, {totals['log_events']} log events "
                         f"and {totals['outbox_events']} outbox rows"}
 
 
-def _old_roots(cutoff: datetime, after: tuple[datetime, uuid.UUID] | None) -> list[tuple[datetime, uuid.UUID]]:
-    query = select(Run.completed_at, Run.id).where(
+def _by_org(roots: list[tuple[datetime, uuid.UUID, uuid.UUID]]) -> dict[uuid.UUID, list[uuid.UUID]]:
+    by_org: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for _, run_id, org_id in roots:
+        by_org.setdefault(org_id, []).append(run_id)
+    return by_org
+
+
+def _audit_deletions(ctx: JobContext, per_org: dict[uuid.UUID, dict[str, int]], days: int, cutoff: datetime) -> None:
+    """One audit entry per organization whose runs were deleted: a tenant sees what the system removed."""
+    for org_id, counts in per_org.items():
+        if counts["runs"]:
+            audit.record(ctx.run.created_by or "system", "retention", organization_id=org_id, run_id=ctx.run_id,
+                         retention_days=days, cutoff=cutoff.isoformat(),
+                         **{f"deleted_{k}": v for k, v in counts.items()})
+
+
+def _old_roots(cutoff: datetime, after: tuple[datetime, uuid.UUID] | None
+               ) -> list[tuple[datetime, uuid.UUID, uuid.UUID]]:
+    query = select(Run.completed_at, Run.id, Run.organization_id).where(
         Run.parent_run_id.is_(None), Run.status.in_(TERMINAL), Run.completed_at < cutoff)
     if after is not None:
         query = query.where(or_(Run.completed_at > after[0], and_(Run.completed_at == after[0], Run.id > after[1])))
     query = query.order_by(Run.completed_at, Run.id).limit(BATCH)
-    return [(r.completed_at, r.id) for r in in_transaction(lambda s: s.execute(query).all(), read_only=True)]
+    return [(r.completed_at, r.id, r.organization_id)
+            for r in in_transaction(lambda s: s.execute(query).all(), read_only=True)]
 
 
 def _families(cutoff: datetime, roots: list[uuid.UUID]) -> tuple[list[list[uuid.UUID]], int]:
