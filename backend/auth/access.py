@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 from backend.auth.orgs import SYSTEM_SLUG

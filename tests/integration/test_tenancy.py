@@ -17,7 +17,7 @@ from sqlalchemy import func, insert, select, update
 from backend import actions, audit, schedules
 from backend.api.app import create_api
 from backend.auth import users
-from backend.auth.access import Forbidden, Principal
+from backend.auth.access import NEEDS, Forbidden, Principal
 from backend.auth.orgs import ReservedOrganization, ensure_org, get_org, system_org
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, Organization, Run, ScheduledTask, User
@@ -123,6 +123,7 @@ def test_b_cannot_run_maintenance_and_a_system_admins_retention_is_audited_in_a(
 
 def test_a_type_says_who_submits_it_directly_and_as_a_pipeline_stage(api):  # type: ignore[no-untyped-def]
     procedure = get_registry().resolve("procedure")
+    assert procedure.submit_role == NEEDS["submit"]  # the type's rule, by default the table's
     get_registry().register(dataclasses.replace(procedure, key="admin_procedure", aliases=(), submit_role="admin"))
     get_registry().register(dataclasses.replace(procedure, key="open_procedure", aliases=(), submit_role="viewer"))
     config = {"procedure": "verify_assets"}
