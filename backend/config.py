@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     default_org_slug: str = "demo"
     allow_private_fetch: bool = False
 
+    # Outbound fetch and import limits.
+    # The most bytes one outbound response may have (after decompression); a larger one is refused
+    # while it streams, unread. A caller may pass a smaller limit (the scraper: 5 MiB per page).
+    fetch_max_bytes: int = Field(default=100 * 2**20, gt=0)
+    # A Salesforce export's CSV files, counted as they unpack: per file, for the whole archive, and how
+    # many times its compressed size one file may expand to (zip bombs).
+    import_max_file_bytes: int = Field(default=200 * 2**20, gt=0)
+    import_max_total_bytes: int = Field(default=2**30, gt=0)
+    import_max_ratio: int = Field(default=100, gt=0)
+
     # Connector credentials and defaults.
     sharepoint_token: str | None = None  # bearer token for Microsoft Graph
     sam_api_key: str | None = None  # SAM.gov API key

@@ -1,5 +1,6 @@
 """A real worker imports Salesforce exports: counts and records, upserts on re-import, clear failures on
-files that are not exports, and a cancel in the middle of the import."""
+files that are not exports, a cancel in the middle of the import, and zip bombs refused by the limits on
+what the files really unpack to, within a bounded memory and with nothing imported."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from backend.runs.service import request_cancel
 from backend.runs.states import RunStatus
 from backend.storage.assets import store_bytes
 from tests.data import make_samples
-from tests.data.salesforce_export import csv_bytes, export_zip, sf_id
+from tests.data.salesforce_export import accounts, csv_bytes, export_zip, sf_id
+from tests.peak_memory import pool_peak_rss
 from tests.support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.integration
@@ -134,3 +136,78 @@ def test_cancel_mid_import(backend, org, worker):
     assert 0 < imported < rows + 10
     assert imported % 250 in (0, 10)  # whole batches only: each batch is one transaction
     assert "cancelled" in [e.event_type for e in get_logs(run.id)]
+
+
+# --------------------------------------------------------------------------- zip bombs
+
+
+def bomb_zip(sizes: dict[str, int], first: dict[str, bytes] | None = None) -> bytes:
+    """An export whose CSVs (name → size in bytes) are one header and the same long row repeated, written
+    to the zip stream as they are generated: a file of 1000 MiB compresses to about 1 MB."""
+    row = f"{sf_id('003', 1)},{'x' * 4000}\r\n".encode()
+    block = row * (2**20 // len(row))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in (first or {}).items():
+            archive.writestr(name, data)
+        for name, size in sizes.items():
+            with archive.open(name, "w", force_zip64=True) as member:
+                member.write(b"Id,Name\r\n")
+                written = 9
+                while written + len(block) <= size:
+                    member.write(block)
+                    written += len(block)
+                member.write(row * ((size - written) // len(row)))
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """Account.csv (real rows), then Contact.csv: 1000 MiB unpacked, under the 1 GiB the archive may declare."""
+    return bomb_zip({"Contact.csv": 1000 * 2**20}, first={"Account.csv": accounts(300)})
+
+
+def test_a_zip_bomb_fails_on_its_ratio_in_bounded_memory(backend, org, start_worker, bomb):
+    worker = start_worker()  # a fresh worker: its pool's peak memory is this test's
+    assert len(bomb) < 1.5 * 2**20
+    assert sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(bomb)).infolist()) < 2**30  # passes the declared check
+    _, done = _import(org, "WE_bomb.zip", bomb, timeout=120)
+    assert RunStatus(done.status) is RunStatus.FAILED
+    assert done.error_message == (
+        "WE_bomb.zip: Contact.csv expands to more than 100 times its compressed size (the limit on the compression "
+        "ratio, CURATORE_IMPORT_MAX_RATIO); the export was not imported.")
+    assert _count(org.id) == 0, "the valid Account.csv before it was not imported either"
+    peak = pool_peak_rss(worker.proc.pid)
+    assert peak < 200 * 2**20, f"the worker's pool peaked at {peak / 2**20:.0f} MiB"
+
+
+def test_limits_per_file_and_per_export(backend, org, start_worker):
+    worker = start_worker(extra_env={"CURATORE_IMPORT_MAX_FILE_BYTES": str(20 * 2**20),
+                                     "CURATORE_IMPORT_MAX_TOTAL_BYTES": str(30 * 2**20),
+                                     "CURATORE_IMPORT_MAX_RATIO": "5000"})
+    _, one = _import(org, "big-file.zip", bomb_zip({"Contact.csv": 25 * 2**20}, first={"Account.csv": accounts(3)}))
+    assert RunStatus(one.status) is RunStatus.FAILED
+    assert one.error_message == ("big-file.zip: Contact.csv expands past 20 MiB (the limit per file, "
+                                 "CURATORE_IMPORT_MAX_FILE_BYTES); the export was not imported.")
+
+    _, many = _import(org, "many.zip", bomb_zip({"Contact.csv": 12 * 2**20, "Task.csv": 12 * 2**20,
+                                                 "Lead.csv": 12 * 2**20}))
+    assert RunStatus(many.status) is RunStatus.FAILED
+    assert many.error_message == ("many.zip unpacks to more than 30 MiB (the limit per export, "
+                                  "CURATORE_IMPORT_MAX_TOTAL_BYTES); it is not imported.")
+    assert _count(org.id) == 0
+
+    _, fits = _import(org, "fits.zip", bomb_zip({"Contact.csv": 15 * 2**20}))  # 15 MiB of one repeated Id
+    assert RunStatus(fits.status) is RunStatus.COMPLETED, fits.error_message
+    contact = fits.results_summary["objects"]["Contact"]
+    assert (contact["rows"], contact["created"], contact["stored"]) == (1, 1, 1) and contact["duplicate_ids"] > 3000
+    assert pool_peak_rss(worker.proc.pid) < 200 * 2**20
+
+
+def test_a_row_too_long_skips_its_file(backend, org, worker):
+    huge = b"Id,Name\r\n" + sf_id("003", 1).encode() + b"," + b"x" * (5 * 2**20) + b"\r\n"
+    _, done = _import(org, "long.zip", export_zip(extra={"Contact.csv": huge}))
+    assert RunStatus(done.status) is RunStatus.COMPLETED, done.error_message
+    assert {s["file"]: s["reason"] for s in done.results_summary["skipped_files"]} == {
+        "Contact.csv": "Contact.csv has a row longer than 4,194,304 characters."}
+    assert set(done.results_summary["objects"]) == {"Account", "Opportunity", "Task"}

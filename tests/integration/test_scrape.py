@@ -1,6 +1,6 @@
 """A real worker crawls a small local site (a stdlib HTTP server in this process): links, robots.txt,
 off-site links, a 404, a PDF, a 500 and a 429 that pass on retry, depth and page limits, the private-address
-guard and a cancel in the middle of the crawl."""
+guard, a cancel in the middle of the crawl, and 400 MB pages skipped unread within a bounded memory."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from backend.runs.queries import get_logs, get_run
 from backend.runs.service import request_cancel
 from backend.runs.states import RunStatus
 from backend.search import search
+from tests.peak_memory import pool_peak_rss
 from tests.support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,8 @@ class Site:
         self.counts: Counter[str] = Counter()
         self.gate = threading.Event()
         self.gated: set[str] = set()
+        self.streamed: dict[str, tuple[int, bool]] = {}  # path → (size, whether Content-Length declares it)
+        self.sent: Counter[str] = Counter()  # bytes of streamed pages the client accepted
         self.lock = threading.Lock()
         site = self
 
@@ -67,6 +70,8 @@ class Site:
                     n = site.counts[path]
                 if path in site.gated:
                     site.gate.wait(30)
+                if path in site.streamed:
+                    return self._stream(path, *site.streamed[path])
                 if path == "/robots.txt":
                     return self._send(200, "text/plain", ROBOTS)
                 if path == "/flaky" and n == 1:
@@ -88,6 +93,23 @@ class Site:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _stream(self, path: str, size: int, declared: bool) -> None:
+                """A page of ``size`` bytes generated as it is sent, 64 KiB at a time, until the client
+                hangs up; without a Content-Length its end is the end of the connection (HTTP/1.0)."""
+                chunk = b"<p>" + b"x" * (65536 - 8) + b"</p>\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                if declared:
+                    self.send_header("Content-Length", str(size))
+                self.end_headers()
+                try:
+                    for _ in range(size // len(chunk)):
+                        self.wfile.write(chunk)
+                        with site.lock:
+                            site.sent[path] += len(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -211,3 +233,26 @@ def test_cancel_mid_crawl_stops_fetching(backend, org, site, start_worker):
     assert get_run(run.id).progress["phase"] == "crawling"
     events = [e.event_type for e in get_logs(run.id)]
     assert "cancelled" in events and "complete" not in events
+
+
+def test_huge_pages_are_skipped_unread_in_bounded_memory(backend, org, site, start_worker):
+    worker = start_worker(extra_env=ALLOW_PRIVATE)  # a fresh worker: its pool's peak memory is this test's
+    size = 400 * 10**6
+    site.streamed = {"/huge": (size, False), "/declared": (size, True)}
+    site.pages["/"] = _page("Home", "A site with two huge pages.", "/huge", "/declared", "/about")
+    done = _scrape(org, site, max_depth=1)
+    assert RunStatus(done.status) is RunStatus.COMPLETED, done.error_message
+    r = done.results_summary
+    assert r["skipped"]["too_large"] == 2 and r["errors"] == 0
+    assert {a.external_id for a in _assets(r["collection_id"])} == {site.url + "/", site.url + "/about"}
+    skipped = {e.context["url"]: e.message for e in get_logs(done.id) if e.context.get("reason") == "too_large"}
+    assert set(skipped) == {site.url + "/huge", site.url + "/declared"}
+    assert all("larger than 5 MiB" in message for message in skipped.values())
+
+    # The crawler hung up after the limit: the server could hand over little more than 5 MiB and the
+    # kernel's socket buffers, and nothing of the page whose Content-Length announced 400 MB.
+    assert site.sent["/huge"] < 40 * 2**20, site.sent
+    assert site.sent["/declared"] < 35 * 2**20, site.sent
+    assert site.sent["/huge"] > 5 * 2**20  # it did stream past the limit before being cut off
+    peak = pool_peak_rss(worker.proc.pid)
+    assert peak < 200 * 2**20, f"the worker's pool peaked at {peak / 2**20:.0f} MiB"

@@ -1,10 +1,12 @@
 """The shared outbound HTTP client (backend/connectors/http.py) and the connectors' wrapper of it:
 retries with backoff on 5xx, 429 and connection errors, Retry-After in seconds and as an HTTP date,
-no retry on other 4xx, and the guard against loopback, private and link-local addresses. No network:
-requests go to an httpx MockTransport, and the guard is exercised with IP literals."""
+no retry on other 4xx, the guard against loopback, private and link-local addresses, and the byte limit
+on every response body. No network: requests go to an httpx MockTransport, and the guard is exercised
+with IP literals (tests/unit/test_http_transport.py connects for real)."""
 
 from __future__ import annotations
 
+import gzip
 import time
 from email.utils import formatdate
 
@@ -13,7 +15,7 @@ import pytest
 
 from backend.config import reset_settings
 from backend.connectors import common
-from backend.connectors.http import FetchFailed, FetchRefused, HttpClient, check_address
+from backend.connectors.http import FetchFailed, FetchRefused, HttpClient, ResponseTooLarge, check_address
 from backend.errors import JobCancelled
 
 PUBLIC = "http://93.184.215.14"  # a global address: the guard lets it through without resolving anything
@@ -220,3 +222,81 @@ def test_redirects_are_followed_through_the_guard_and_drop_the_token():
 def test_download_file_names(headers, url, expected):
     response = httpx.Response(200, headers=headers, request=httpx.Request("GET", url))
     assert common.filename_from(response, "fallback.bin") == expected
+
+
+# --------------------------------------------------------------------------- response size limits
+
+
+class Drip(httpx.SyncByteStream):
+    """A body of ``chunks`` chunks of 64 KiB, generated as it is read; ``read`` counts what was taken."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, chunks: int):
+        self.chunks, self.read = chunks, 0
+
+    def __iter__(self):
+        for _ in range(self.chunks):
+            self.read += self.CHUNK
+            yield b"x" * self.CHUNK
+
+
+def streaming(stream, headers=None, status=200):
+    seen: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, headers=headers or {}, stream=stream)
+
+    return server, seen
+
+
+def test_a_body_past_the_limit_is_cut_off_after_one_chunk_more():
+    body = Drip(chunks=16_000)  # 1000 MiB if it were read to the end
+    server, _ = streaming(body)
+    with client_for(server) as client, pytest.raises(ResponseTooLarge) as too_large:
+        client.get("/big", max_bytes=2**20)
+    assert 2**20 < body.read <= 2**20 + Drip.CHUNK
+    assert "is larger than 1 MiB (the limit for this fetch" in too_large.value.message
+    assert too_large.value.details["limit"] == 2**20 and not too_large.value.retryable
+
+
+def test_a_content_length_over_the_limit_is_refused_before_reading():
+    body = Drip(chunks=16_000)
+    server, seen = streaming(body, headers={"Content-Length": str(16_000 * Drip.CHUNK)})
+    with client_for(server) as client, pytest.raises(ResponseTooLarge) as too_large:
+        client.get("/big", max_bytes=5 * 2**20)
+    assert body.read == 0 and len(seen) == 1, "refused once, from the headers, and not retried"
+    assert "larger than 5 MiB" in too_large.value.message and "declares 1,048,576,000 bytes" in too_large.value.message
+
+
+def test_a_compressed_body_is_counted_as_it_unpacks():
+    bomb = gzip.compress(b"\0" * 64 * 2**20)  # about 64 KiB on the wire
+    server, _ = streaming(httpx.ByteStream(bomb), headers={"Content-Encoding": "gzip"})
+    with client_for(server) as client, pytest.raises(ResponseTooLarge):
+        client.get("/bomb", max_bytes=8 * 2**20)
+
+
+def test_a_body_within_the_limit_reads_as_usual():
+    server, _ = streaming(httpx.ByteStream(b'{"items": [1, 2]}'), headers={"Content-Type": "application/json"})
+    with client_for(server) as client:
+        response = client.get("/ok", max_bytes=17)
+    assert response.json() == {"items": [1, 2]} and response.text == '{"items": [1, 2]}' and len(response.content) == 17
+
+
+def test_the_default_limit_is_the_setting(monkeypatch):
+    monkeypatch.setenv("CURATORE_FETCH_MAX_BYTES", str(3 * Drip.CHUNK))
+    reset_settings()
+    small, large = Drip(chunks=3), Drip(chunks=4)
+    with client_for(streaming(small)[0]) as client:
+        assert len(client.get("/three").content) == 3 * Drip.CHUNK
+    with client_for(streaming(large)[0]) as client, pytest.raises(ResponseTooLarge, match="larger than 0.1875 MiB"):
+        client.get("/four")
+
+
+def test_the_wrapper_keeps_the_limit_error_and_hides_the_key():
+    server, _ = streaming(Drip(chunks=100))
+    with run_client(server, FakeContext(), secrets=["k3y"]) as client, pytest.raises(ResponseTooLarge) as too_large:
+        client.get("/file?api_key=k3y", max_bytes=Drip.CHUNK)
+    assert "k3y" not in too_large.value.message and "k3y" not in too_large.value.details["url"]
+    assert not too_large.value.retryable

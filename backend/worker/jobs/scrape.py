@@ -3,7 +3,8 @@
 Crawling fetches pages (robots.txt respected unless the config says otherwise), keeps each HTML page
 once per URL as an asset of the run's collection and follows its ``<a href>`` links on the same scheme
 and host. Extracting then turns each stored page into text and puts it in the search index.
-Every fetch goes through :class:`HttpClient`: retries, Retry-After and the private-address guard.
+Every fetch goes through :class:`HttpClient`: retries, Retry-After, the private-address guard and a
+byte limit (a page over 5 MiB is skipped without being read).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.robotparser import RobotFileParser
 
 from sqlalchemy import select, update
 
-from backend.connectors.http import FetchFailed, HttpClient, check_address
+from backend.connectors.http import FetchFailed, HttpClient, ResponseTooLarge, check_address, mib
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
 from backend.db.types import utcnow
@@ -33,7 +34,8 @@ from backend.worker.base import JobContext
 
 USER_AGENT = "CuratoreBot/1.0"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
-MAX_PAGE_BYTES = 5 * 1024 * 1024
+MAX_PAGE_BYTES = 5 * 1024 * 1024  # a larger page is not read: the fetch stops at this many bytes
+MAX_ROBOTS_BYTES = 512 * 1024  # what the large crawlers read of a robots.txt
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -137,7 +139,7 @@ class Crawl:
         self.robots = RobotFileParser(url)
         self._current = url
         try:
-            response = self.client.get(url)
+            response = self.client.get(url, max_bytes=MAX_ROBOTS_BYTES)
         except FetchFailed as exc:
             status = exc.details.get("status")
             if isinstance(status, int) and 400 <= status < 500 and status not in (401, 403):
@@ -178,7 +180,12 @@ class Crawl:
     def visit(self, url: str, depth: int) -> None:
         self._current = url
         try:
-            response = self.client.get(url)
+            response = self.client.get(url, max_bytes=MAX_PAGE_BYTES)
+        except ResponseTooLarge:
+            self.skipped["too_large"] += 1
+            self.ctx.warn(f"{url} is larger than {mib(MAX_PAGE_BYTES)}; larger pages are not read or kept", "skipped",
+                          url=url, reason="too_large")
+            return
         except FetchFailed as exc:
             if url == self.start:
                 raise FetchFailed(f"The start URL {url} could not be fetched: {exc.message}") from None
@@ -196,11 +203,6 @@ class Crawl:
             self.skipped["non_html"] += 1
             self.ctx.info(f"{url} is {content_type or 'of no declared type'}, not HTML; not kept", "skipped",
                           url=url, reason="non_html")
-            return
-        if len(response.content) > MAX_PAGE_BYTES:
-            self.skipped["too_large"] += 1
-            self.ctx.warn(f"{url} is {len(response.content):,} bytes; pages over {MAX_PAGE_BYTES:,} are not kept",
-                          "skipped", url=url, reason="too_large")
             return
         self.store(url, response.content)
         if depth < self.config.max_depth:
