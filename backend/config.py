@@ -6,15 +6,77 @@ engine calls ``os.getenv``; it asks :func:`get_settings`.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.errors import InvalidSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEV_SECRET = "dev-insecure-secret-change-me"
+
+# --------------------------------------------------------------------------- connections
+GRAPH_URL = "https://graph.microsoft.com/v1.0"
+SAM_URL = "https://api.sam.gov"
+CONNECTION_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # a connection's name, as job configs and CURATORE_CONNECTIONS say it
+CREDENTIAL_FIELD = {"sharepoint": "token", "sam": "api_key", "forecast": None}  # what each kind may carry
+
+
+class ConnectionSettings(BaseModel):
+    """One entry of CURATORE_CONNECTIONS. The credential is a SecretStr: it never shows in a repr or a message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["sharepoint", "sam", "forecast"]
+    base_url: str
+    token: SecretStr | None = None  # sharepoint: the bearer token
+    api_key: SecretStr | None = None  # sam: the API key
+    organizations: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)  # slugs, or ["*"]: every one
+
+    @model_validator(mode="after")
+    def _credential_of_its_kind(self) -> "ConnectionSettings":
+        for name in ("token", "api_key"):
+            if getattr(self, name) is not None and CREDENTIAL_FIELD[self.kind] != name:
+                raise ValueError(f"a {self.kind} connection takes no {name!r}")
+        return self
+
+
+def checked_base_url(url: str, where: str) -> str:
+    """The URL without a trailing slash; an InvalidSettings (one line, never echoing the URL, which may hold a
+    password) for anything but http(s)://host... without user:password@."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise InvalidSettings(f"{where}: the base URL is not a valid URL.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidSettings(f"{where}: the base URL must be an http:// or https:// URL with a host.")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidSettings(f"{where}: the base URL must not carry credentials (user:password@); "
+                              "put the token or API key in its own setting.")
+    return url.rstrip("/")
+
+
+def _connection(name: Any, entry: Any) -> ConnectionSettings:
+    """One CURATORE_CONNECTIONS entry, checked; the error names the field, never the value given."""
+    where = f"CURATORE_CONNECTIONS[{name!r}]"
+    if not isinstance(name, str) or not re.match(CONNECTION_NAME, name):
+        raise InvalidSettings(f"{where}: a connection name is lowercase letters, digits, '-' and '_' "
+                              "(at most 63 characters).")
+    try:
+        connection = ConnectionSettings.model_validate(entry)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False, include_context=False))
+        raise InvalidSettings(f"{where}: {problems}.") from None
+    return connection.model_copy(update={"base_url": checked_base_url(connection.base_url, where)})
+
 
 
 class Settings(BaseSettings):
@@ -64,13 +126,31 @@ class Settings(BaseSettings):
     import_max_total_bytes: int = Field(default=2**30, gt=0)
     import_max_ratio: int = Field(default=100, gt=0)
 
-    # Connector credentials and defaults.
-    sharepoint_token: str | None = None  # bearer token for Microsoft Graph
-    sam_api_key: str | None = None  # SAM.gov API key
-    forecast_base_url: str | None = None  # the forecast API when a forecast_sync config names none
+    # Connections: where connector jobs send requests and the credentials they carry (a job config only names
+    # one). Each kind has a "default" connection built from the variables below, open to every organization;
+    # CURATORE_CONNECTIONS adds named ones (JSON: {name: {"kind", "base_url", "token"/"api_key",
+    # "organizations"}}), and may replace a kind's default. backend/connectors/connections.py resolves them.
+    sharepoint_token: SecretStr | None = None  # bearer token for Microsoft Graph
+    sharepoint_base_url: str = GRAPH_URL
+    sam_api_key: SecretStr | None = None  # SAM.gov API key
+    sam_base_url: str = SAM_URL
+    forecast_base_url: str | None = None  # no default forecast connection when unset
+    connections: dict[str, ConnectionSettings] = Field(default_factory=dict)
     # `curatore dev` serves local stand-ins of those services (and a small website) from this port up;
     # the sample jobs use them.
     demo_servers_port: int | None = None
+
+    @field_validator("sharepoint_base_url", "sam_base_url", "forecast_base_url")
+    @classmethod
+    def _safe_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else checked_base_url(value, f"CURATORE_{(info.field_name or '').upper()}")
+
+    @field_validator("connections", mode="before")
+    @classmethod
+    def _parse_connections(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise InvalidSettings("CURATORE_CONNECTIONS must be a JSON object: {name: {\"kind\": ..., ...}}.")
+        return {name: _connection(name, entry) for name, entry in value.items()}
 
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> "Settings":

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from backend.config import PROJECT_ROOT, get_settings
+from backend.connectors.devservers import demo_environment
 
 GRACE_SECONDS = 8.0
 DEMO_SERVERS_PORT = 8701  # local stand-ins of Graph, SAM.gov, a forecast API and a website, for the samples
@@ -81,7 +82,7 @@ def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     env = reflex_env()
-    env.setdefault("CURATORE_DEMO_SERVERS_PORT", str(DEMO_SERVERS_PORT))
+    env.update(demo_environment(DEMO_SERVERS_PORT, env))  # the samples' connections point at the demo servers
     env.setdefault("CURATORE_ALLOW_PRIVATE_FETCH", "true")  # the samples fetch from the local demo servers
     for child in procs:
         child.proc = subprocess.Popen(child.argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)

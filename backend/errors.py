@@ -119,3 +119,10 @@ class UnsupportedFile(JobFailed):
     """The file's format is not supported or its content does not match its name."""
 
     code = "unsupported_file"
+
+
+class InvalidSettings(CuratoreError):
+    """A setting is not valid."""
+
+    code = "invalid_settings"
+    http_status = 500

@@ -63,15 +63,16 @@ def start_samples(organization_id: uuid.UUID, created_by: str = "demo", system_a
         start("system_maintenance", {"handlers": ["health", "orphans"]}, "Health check", system_org().id)
     port = get_settings().demo_servers_port
     if port:
-        from backend.connectors.devservers import demo_urls
+        from backend.connectors.devservers import DEMO_CONNECTIONS, demo_urls
 
         urls = demo_urls(port)
+        demo = {kind: name for kind, (name, _) in DEMO_CONNECTIONS.items()}  # `curatore dev` configures them
         start("sharepoint_sync", {"sync_config_id": "demo-drive", "drive_id": "drive-demo",
-                                  "base_url": urls["graph"]}, "Demo SharePoint drive")
-        start("sam_pull", {"search_id": "demo-search", "base_url": urls["sam"]}, "SAM.gov: demo search")
-        start("sam_refresh", {"search_id": "demo-refresh", "notice_ids": ["demo0001"], "base_url": urls["sam"]},
+                                  "connection": demo["sharepoint"]}, "Demo SharePoint drive")
+        start("sam_pull", {"search_id": "demo-search", "connection": demo["sam"]}, "SAM.gov: demo search")
+        start("sam_refresh", {"search_id": "demo-refresh", "notice_ids": ["demo0001"], "connection": demo["sam"]},
               "SAM.gov: refresh demo0001")
-        start("forecast_sync", {"forecast_sync_id": "demo-forecasts", "base_url": urls["forecasts"]},
+        start("forecast_sync", {"forecast_sync_id": "demo-forecasts", "connection": demo["forecast"]},
               "Demo forecasts")
         start("scrape", {"start_url": urls["site"] + "/", "collection_id": "demo-site", "max_depth": 2},
               "Crawl the demo site")

@@ -1,20 +1,23 @@
 """What the connector jobs share: an HTTP client that logs its retries on the run and stops at a
-cancel request, redirects followed through the address guard, secrets kept out of messages,
-external records upserted, files stored as assets of a collection, and the state a connector
-keeps between runs (``ConnectorState``)."""
+cancel request, carries a connection's credential only to that connection's origin, refuses URLs with
+embedded credentials, follows redirects through the address guard and keeps secrets out of messages;
+external records upserted, files stored as assets of a collection, and the state a connector keeps
+between runs (``ConnectorState``)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from backend.connectors.connections import Connection, origin, show_origin
 from backend.connectors.http import FetchFailed, FetchRefused, HttpClient
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ConnectorState, ExternalRecord
@@ -29,32 +32,75 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- HTTP
 
 
-def secret_setting(settings: Any, name: str) -> str | None:
-    """A credential from the settings (a plain string or a pydantic ``SecretStr``), None when unset."""
-    value = getattr(settings, name, None)
-    if hasattr(value, "get_secret_value"):
-        value = value.get_secret_value()
-    return value or None
-
-
 def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with each secret, as given and as it looks URL-encoded, replaced by ``***``."""
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+        for form in dict.fromkeys((secret, quote(secret or "", safe=""), quote_plus(secret or ""))):
+            if form:
+                text = text.replace(form, "***")
     return text
+
+
+class _QueryCredentialFilter(logging.Filter):
+    """httpx logs every request's URL at INFO, and a SAM.gov API key rides in the query: its value is
+    replaced by ``***`` in those lines (the worker's log is read by people who may not see the key)."""
+
+    PARAM = re.compile(r"([?&]api_key=)[^&\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.PARAM.sub(r"\1***", message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+logging.getLogger("httpx").addFilter(_QueryCredentialFilter())
+
+
+def refuse_embedded_credentials(url: str) -> None:
+    """A URL with ``user:password@`` is refused before any request (httpx would send it as Basic auth);
+    the message shows where it pointed, never the credentials."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise FetchRefused(f"Refusing {show_origin(url)}{parts.path}: the URL carries embedded credentials "
+                           "(user:password@).")
 
 
 class RunHttpClient(HttpClient):
     """An :class:`HttpClient` for one run: each retry is a WARN ``retry`` line on the run, and a
-    cancel request seen while retrying stops the run instead of waiting out the backoff."""
+    cancel request seen while retrying stops the run instead of waiting out the backoff.
+
+    Given a :class:`Connection`, it adds the connection's credential (a header or a query parameter) to each
+    request whose origin (scheme, host, port) is the connection's, and to no other: a link or redirect to
+    another origin is fetched without it. The callers never handle the credential themselves."""
 
     def __init__(self, ctx: JobContext, base_url: str, label: str, *, secrets: Iterable[str | None] = (),
-                 **kwargs: Any) -> None:
+                 connection: Connection | None = None, **kwargs: Any) -> None:
         super().__init__(base_url, on_retry=self._retrying, **kwargs)
-        self.ctx, self.label, self.secrets = ctx, label, [s for s in secrets if s]
+        self.ctx, self.label, self.connection, self.base_url = ctx, label, connection, base_url
+        self.secrets = [s for s in (*secrets, connection.secret if connection else None) if s]
         self._current = ""
 
+    @classmethod
+    def for_connection(cls, ctx: JobContext, connection: Connection, label: str, **kwargs: Any) -> RunHttpClient:
+        return cls(ctx, connection.base_url, label, connection=connection, **kwargs)
+
+    def absolute(self, url: str) -> str:
+        """``url`` as the request will go out: a relative one joins the base URL (as httpx joins it)."""
+        if urlsplit(url).scheme:
+            return url
+        return f"{self.base_url.rstrip('/')}/{url.lstrip('/')}" if self.base_url else url
+
+    def on_origin(self, url: str) -> bool:
+        """Whether ``url`` goes to the connection's (or the base URL's) origin."""
+        return origin(self.absolute(url)) == origin(self.base_url)
+
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        target = self.absolute(url)
+        refuse_embedded_credentials(target)
+        if self.connection is not None and self.on_origin(target):
+            url, kwargs = self._authorized(target, kwargs)
         self._current = redact(f"{method} {url}", self.secrets)
         try:
             return super().request(method, url, **kwargs)
@@ -64,15 +110,31 @@ class RunHttpClient(HttpClient):
             clean.retryable = exc.retryable
             raise clean from None
 
+    def _authorized(self, url: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The request with the connection's credential: its headers added, its query parameters set in the
+        URL (replacing a placeholder such as SAM.gov's ``api_key=null``)."""
+        assert self.connection is not None
+        kwargs = dict(kwargs)
+        if self.connection.auth_headers:
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), **self.connection.auth_headers}
+        params = self.connection.auth_params
+        if params:
+            parts = urlsplit(url)
+            extra = kwargs.pop("params", None) or {}
+            query = [(k, v) for k, v in [*parse_qsl(parts.query, keep_blank_values=True), *dict(extra).items()]
+                     if k not in params]
+            url = urlunsplit(parts._replace(query=urlencode([*query, *params.items()])))
+        return url, kwargs
+
     def get_following(self, url: str, *, headers: dict[str, str] | None = None, max_hops: int = 5) -> httpx.Response:
-        """GET, following redirects; every hop goes through the address guard, and headers (a bearer
-        token) are not sent on to another origin."""
+        """GET, following redirects; every hop goes through the address guard, and neither the headers given
+        nor the connection's credential are sent on to another origin."""
         for _ in range(max_hops + 1):
             response = self.get(url, headers=headers)
             if not response.is_redirect:
                 return response
             target = urljoin(str(response.url), response.headers["Location"])
-            if _origin(target) != _origin(str(response.url)):
+            if origin(target) != origin(str(response.url)):
                 headers = None
             url = target
         raise FetchFailed(f"{self.label}: more than {max_hops} redirects from {redact(url, self.secrets)}")
@@ -92,11 +154,6 @@ def as_error(cls: type[CuratoreError], message: str, cause: FetchFailed) -> Cura
     error = cls(message, status=cause.details.get("status"))
     error.retryable = cause.retryable
     return error
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port
 
 
 def filename_from(response: httpx.Response, fallback: str) -> str:

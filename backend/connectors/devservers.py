@@ -14,6 +14,14 @@ Faults are injected per request path (a regular expression searched in ``path?qu
 matching requests through and then keeps the next ones waiting until the test calls ``release()``.
 Every request is recorded in ``requests`` (``seen(pattern)`` filters them).
 
+To play a hostile or broken service, links can point elsewhere: ``GraphServer.next_link_root``,
+``delta_link_root`` and ``download_root``, ``SamServer.attachment_root`` and ``ForecastServer.next_link_root``
+are the scheme://host:port their links use instead of the server's own. A :class:`Listener` stands in for
+that elsewhere (an attacker): it records every request and answers each one alike.
+
+The connector jobs reach these servers through connections (``backend/connectors/connections.py``):
+``demo_environment`` gives ``curatore dev``'s processes connections to the sample servers.
+
 ``python -m backend.connectors.devservers`` serves all three with sample data until Ctrl-C.
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+from collections.abc import Mapping
 import re
 import threading
 import time
@@ -220,6 +229,10 @@ class GraphServer(ProtocolServer):
     def __init__(self, drive_id: str = "drive-demo", *, token: str | None = None, page_size: int = 3) -> None:
         super().__init__()
         self.drive_id, self.token, self.page_size = drive_id, token, page_size
+        # the scheme://host:port of the links it sends (None: its own), so a test can aim them elsewhere
+        self.next_link_root: str | None = None
+        self.delta_link_root: str | None = None
+        self.download_root: str | None = None
         self._seq = 0
         self._expired_before = 0
         self._items: dict[str, DriveItem] = {"root": DriveItem("root", "root", None, True, seq=self._next())}
@@ -278,7 +291,7 @@ class GraphServer(ProtocolServer):
                 item = self._items.get(c.group(1))
             if item is None or item.deleted or item.is_folder:
                 return _graph_error(404, "itemNotFound", "The resource could not be found.")
-            download = self.url(f"{self.prefix}/download/{item.id}?sig=v{item.version}")
+            download = f"{self.download_root or self.root_url}{self.prefix}/download/{item.id}?sig=v{item.version}"
             return Response(302, headers={"Location": download})
         return _graph_error(400, "invalidRequest", f"Unsupported request {path}")
 
@@ -298,11 +311,12 @@ class GraphServer(ProtocolServer):
             page = changed[offset:offset + self.page_size]
             body: dict[str, Any] = {"@odata.context": self.url(f"{self.prefix}/$metadata#Collection(driveItem)"),
                                     "value": [self._json(i) for i in page]}
-            base = self.url(f"{self.prefix}/drives/{self.drive_id}/root/delta")
+            path = f"{self.prefix}/drives/{self.drive_id}/root/delta"
             if offset + self.page_size < len(changed):
-                body["@odata.nextLink"] = f"{base}?token={since}.{snapshot}.{offset + self.page_size}"
+                root = self.next_link_root or self.root_url
+                body["@odata.nextLink"] = f"{root}{path}?token={since}.{snapshot}.{offset + self.page_size}"
             else:
-                body["@odata.deltaLink"] = f"{base}?token={snapshot}"
+                body["@odata.deltaLink"] = f"{self.delta_link_root or self.root_url}{path}?token={snapshot}"
             return json_response(body)
 
     def _download(self, item_id: str, sig: str | None) -> Response:
@@ -374,6 +388,7 @@ class SamServer(ProtocolServer):
     def __init__(self, *, api_key: str | None = None, max_limit: int = 1000) -> None:
         super().__init__()
         self.api_key, self.max_limit = api_key, max_limit
+        self.attachment_root: str | None = None  # the scheme://host:port of attachment links (None: its own)
         self.opportunities: dict[str, dict[str, Any]] = {}
         self.files: dict[str, tuple[str, bytes]] = {}
 
@@ -435,7 +450,8 @@ class SamServer(ProtocolServer):
                      and q.get("noticeid", o["noticeId"]) == o["noticeId"]
                      and q.get("title", "").lower() in o["title"].lower()]
         limit = min(limit, self.max_limit)
-        page = [{**o, "resourceLinks": [self.url(link) for link in o["resourceLinks"]] if o["resourceLinks"] else None}
+        root = self.attachment_root or self.root_url
+        page = [{**o, "resourceLinks": [root + link for link in o["resourceLinks"]] if o["resourceLinks"] else None}
                 for o in found[offset:offset + limit]]  # links are kept as paths: the port is known once started
         return json_response({"totalRecords": len(found), "limit": limit, "offset": offset,
                               "opportunitiesData": page,
@@ -452,6 +468,7 @@ class ForecastServer(ProtocolServer):
         super().__init__()
         self.records: list[Any] = list(records or [])
         self.page_size = page_size
+        self.next_link_root: str | None = None  # the scheme://host:port of its next links (None: its own)
 
     def route(self, request: Request) -> Response:
         if request.path != "/api/forecasts":
@@ -468,11 +485,26 @@ class ForecastServer(ProtocolServer):
         extra = {k: v for k, v in request.query.items() if k != "page"}
 
         def link(n: int) -> str | None:
-            return self.url("/api/forecasts?" + urlencode({**extra, "page": n})) if 1 <= n <= pages else None
+            root = self.next_link_root or self.root_url
+            return f"{root}/api/forecasts?{urlencode({**extra, 'page': n})}" if 1 <= n <= pages else None
 
         start = (page - 1) * self.page_size
         return json_response({"count": len(records), "next": link(page + 1), "previous": link(page - 1),
                               "results": records[start:start + self.page_size]})
+
+
+# --------------------------------------------------------------------------- an attacker
+
+
+class Listener(ProtocolServer):
+    """Any path, any query: the request is recorded and answered with ``response`` (200, a few bytes)."""
+
+    def __init__(self, response: Response | None = None) -> None:
+        super().__init__()
+        self.response = response or Response(200, b"listener content\n", {"Content-Type": "text/plain"})
+
+    def route(self, request: Request) -> Response:
+        return self.response
 
 
 # --------------------------------------------------------------------------- sample data
@@ -564,10 +596,26 @@ class SiteServer:
 DEMO_SERVERS = ("graph", "sam", "forecasts", "site")  # their ports: the base port, +1, +2, +3
 
 
+# The connections the sample jobs name, by kind: (name, the demo server it points at).
+DEMO_CONNECTIONS = {"sharepoint": ("demo-sharepoint", "graph"), "sam": ("demo-sam", "sam"),
+                    "forecast": ("demo-forecasts", "forecasts")}
+
+
 def demo_urls(base_port: int) -> dict[str, str]:
     urls = {name: f"http://127.0.0.1:{base_port + i}" for i, name in enumerate(DEMO_SERVERS)}
     urls["graph"] += GraphServer.prefix
     return urls
+
+
+def demo_environment(base_port: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables that point the samples at the demo servers from ``base_port`` up: the port, and the demo
+    connections added to the ``CURATORE_CONNECTIONS`` already in ``environ`` (an operator's entry of the same
+    name wins). They hold no credential and are open to every organization: for a development machine only."""
+    urls = demo_urls(base_port)
+    demo = {name: {"kind": kind, "base_url": urls[server], "organizations": ["*"]}
+            for kind, (name, server) in DEMO_CONNECTIONS.items()}
+    configured = json.loads(environ.get("CURATORE_CONNECTIONS") or "{}")
+    return {"CURATORE_DEMO_SERVERS_PORT": str(base_port), "CURATORE_CONNECTIONS": json.dumps({**demo, **configured})}
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """An acquisition-forecast API client and the shape of one forecast.
 
 ``GET {base}/api/forecasts?page=N`` answers ``{"count": N, "results": [...], "next": url-or-null}``;
-the client follows ``next`` (each URL through the address guard) until it is null.
+the client follows ``next`` (each URL through the address guard) until it is null, on the connection's
+origin only: a ``next`` link to another origin is refused (a connection's client talks to its own service).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from urllib.parse import urlencode
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backend.connectors.common import RunHttpClient, as_error
+from backend.connectors.connections import show_origin
 from backend.connectors.http import FetchFailed
 from backend.errors import CuratoreError
 
@@ -70,6 +72,12 @@ class ForecastClient:
             yield ForecastPage(number, results, data.get("count"), next_url)
             if not next_url:
                 return
+            if not isinstance(next_url, str):
+                raise ForecastError(f"The forecast API's next link on page {number} is not a URL.")
+            if not self.http.on_origin(next_url):
+                raise ForecastError(f"The forecast API's next link on page {number} goes to {show_origin(next_url)}, "
+                                    f"another origin than the connection's ({show_origin(self.http.base_url)}); "
+                                    "refusing to follow it.")
             if next_url in seen:
                 raise ForecastError(f"The forecast API's next link loops back to {next_url}.")
             seen.add(next_url)

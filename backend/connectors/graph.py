@@ -5,6 +5,10 @@
 only what changed since (files with a ``file`` facet, folders, and items with a ``deleted`` facet).
 An expired delta link answers 410 Gone (``resyncRequired``): the caller then lists everything again.
 ``GET /drives/{drive-id}/items/{item-id}/content`` answers 302 to a pre-authenticated download URL.
+
+The bearer token goes only to the connection's origin (the client adds it there): a next or delta link
+on another origin is refused before anything is sent to it, and the pre-authenticated download URL,
+usually on another host, is fetched without the token.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ from typing import Any
 from urllib.parse import quote
 
 from backend.connectors.common import RunHttpClient, as_error
+from backend.connectors.connections import show_origin
 from backend.connectors.http import FetchFailed
 from backend.errors import CuratoreError
-
-DEFAULT_BASE_URL = "https://graph.microsoft.com/v1.0"
 
 
 class GraphError(CuratoreError):
@@ -42,9 +45,8 @@ class DeltaPage:
 
 
 class GraphDrive:
-    def __init__(self, http: RunHttpClient, drive_id: str, token: str | None) -> None:
+    def __init__(self, http: RunHttpClient, drive_id: str) -> None:
         self.http, self.drive_id = http, drive_id
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def delta(self, delta_link: str | None = None) -> Iterator[DeltaPage]:
         """The pages of a delta listing: everything, or what changed since ``delta_link``."""
@@ -55,15 +57,26 @@ class GraphDrive:
             if page.next_link is None and page.delta_link is None:
                 raise GraphError(f"Microsoft Graph answered a delta page of drive {self.drive_id} with neither "
                                  "@odata.nextLink nor @odata.deltaLink.")
+            for name, link in (("@odata.nextLink", page.next_link), ("@odata.deltaLink", page.delta_link)):
+                if link is not None:
+                    self.check_link(link, name)
             yield page
             url = page.next_link
 
+    def check_link(self, link: Any, name: str) -> None:
+        """Refuse a link the token must not follow: not a string, or on another origin than the connection's."""
+        if not isinstance(link, str):
+            raise GraphError(f"Microsoft Graph sent an {name} that is not a URL.")
+        if not self.http.on_origin(link):
+            raise GraphError(f"Microsoft Graph sent an {name} to {show_origin(link)}, another origin than the "
+                             f"connection's ({show_origin(self.http.base_url)}); refusing to follow it with the token.")
+
     def download(self, item_id: str) -> bytes:
         path = f"/drives/{quote(self.drive_id, safe='')}/items/{quote(item_id, safe='')}/content"
-        return self._call(lambda: self.http.get_following(path, headers=self.headers), f"downloading {item_id}").content
+        return self._call(lambda: self.http.get_following(path), f"downloading {item_id}").content
 
     def _json(self, url: str, what: str) -> dict[str, Any]:
-        response = self._call(lambda: self.http.get(url, headers=self.headers), what)
+        response = self._call(lambda: self.http.get(url), what)
         try:
             return response.json()
         except ValueError:
@@ -81,12 +94,16 @@ class GraphDrive:
                 message, cls = f"Microsoft Graph: the delta link of drive {drive} expired ({detail})", DeltaExpired
             elif status in (401, 403):
                 message, cls = (f"Microsoft Graph refused {what} on drive {drive} (HTTP {status} {detail}). "
-                                "Check the token in CURATORE_SHAREPOINT_TOKEN."), GraphError
+                                f"Check the token of the connection ({self._setting()})."), GraphError
             elif status == 404:
                 message, cls = f"Microsoft Graph: {what} on drive {drive}: not found (HTTP 404 {detail}).", GraphError
             else:
                 message, cls = f"Microsoft Graph: {what} on drive {drive} failed: {exc.message}", GraphError
             raise as_error(cls, message, exc) from None
+
+    def _setting(self) -> str:
+        connection = self.http.connection
+        return f"{connection.name!r}, {connection.setting}" if connection else "none configured"
 
 
 def _graph_error(body: str) -> str:

@@ -4,6 +4,10 @@
 (plus ``ncode``, ``title``, ``noticeid`` filters) answers ``{"totalRecords": N, "opportunitiesData": [...]}``.
 ``postedFrom`` and ``postedTo`` are mandatory and at most a year apart. Attachments are the URLs in each
 opportunity's ``resourceLinks``; SAM.gov writes them with ``api_key=null``, to be replaced by the caller's key.
+
+The key goes only to the connection's origin (the client puts it in the query there, replacing the
+``api_key=null`` placeholder). An attachment link on another origin is still fetched, through the address
+guard, but without the key: a public file downloads, one that needs the key fails and is counted as such.
 """
 
 from __future__ import annotations
@@ -13,13 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from backend.connectors.common import RunHttpClient, as_error, filename_from
-from backend.connectors.http import FetchFailed
+from backend.connectors.http import FetchFailed, FetchRefused
 from backend.errors import CuratoreError
 
-DEFAULT_BASE_URL = "https://api.sam.gov"
 PAGE_LIMIT = 1000  # the API's maximum page size
 
 
@@ -47,8 +49,8 @@ def sam_date(day: date) -> str:
 
 
 class SamClient:
-    def __init__(self, http: RunHttpClient, api_key: str | None) -> None:
-        self.http, self.api_key = http, api_key
+    def __init__(self, http: RunHttpClient) -> None:
+        self.http = http
 
     def __enter__(self) -> SamClient:
         return self
@@ -75,19 +77,17 @@ class SamClient:
         return next((o for o in page.opportunities if o.get("noticeId") == notice_id), None)
 
     def attachment(self, url: str, fallback_name: str) -> Attachment:
-        response = self._call(lambda: self.http.get_following(self._with_key(url)), "downloading an attachment")
+        """One attachment; a link the client refuses (embedded credentials, an internal address) is a SamError
+        like a failed download, so the caller counts it and goes on."""
+        if not isinstance(url, str):
+            raise SamError("SAM.gov sent an attachment link that is not a URL.")
+        try:
+            response = self._call(lambda: self.http.get_following(url), "downloading an attachment")
+        except FetchRefused as exc:
+            raise SamError(f"SAM.gov: downloading an attachment was refused: {exc.message}") from None
         return Attachment(filename_from(response, fallback_name), response.content)
 
-    def _with_key(self, url: str) -> str:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        if self.api_key and any(k == "api_key" for k, _ in query):
-            query = [(k, self.api_key if k == "api_key" else v) for k, v in query]
-        return urlunsplit(parts._replace(query=urlencode(query)))
-
     def _json(self, params: dict[str, Any]) -> dict[str, Any]:
-        if self.api_key:
-            params = {"api_key": self.api_key, **params}
         response = self._call(lambda: self.http.get("/opportunities/v2/search", params=params), "searching")
         try:
             return response.json()
@@ -102,10 +102,15 @@ class SamClient:
             status = exc.details.get("status")
             detail = _sam_error(exc.details.get("body") or "")
             if status in (401, 403):
-                message = f"SAM.gov refused {what} (HTTP {status} {detail}). Check the API key in CURATORE_SAM_API_KEY."
+                message = (f"SAM.gov refused {what} (HTTP {status} {detail}). Check the API key of the connection "
+                           f"({self._setting()}).")
             else:
                 message = f"SAM.gov: {what} failed: {exc.message}"
             raise as_error(SamError, message, exc) from None
+
+    def _setting(self) -> str:
+        connection = self.http.connection
+        return f"{connection.name!r}, {connection.setting}" if connection else "none configured"
 
 
 def _sam_error(body: str) -> str:

@@ -6,7 +6,10 @@ import uuid
 from datetime import date
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from backend.config import CONNECTION_NAME
+from backend.errors import InvalidConfig
 
 
 class JobConfig(BaseModel):
@@ -24,15 +27,31 @@ class UploadConfig(JobConfig):
     asset_ids: list[uuid.UUID] = Field(min_length=1)
 
 
-class SharePointSyncConfig(JobConfig):
+class ConnectorConfig(JobConfig):
+    """A connector's config names a connection configured on the server (SPEC 8.2a): where its requests go
+    and the credential they carry are settings, never part of a config."""
+
+    connection: str = Field(default="default", pattern=CONNECTION_NAME,
+                            description="A connection configured on the server (see the README, Connections).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_base_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "base_url" in data:  # configs written before connections existed
+            raise InvalidConfig("A connector job config cannot carry a base_url: where connectors send requests "
+                                "and credentials is a server setting. Configure a connection (CURATORE_CONNECTIONS, "
+                                "see the README) and name it in \"connection\".", field="base_url")
+        return data
+
+
+class SharePointSyncConfig(ConnectorConfig):
     sync_config_id: str = Field(min_length=1)
     drive_id: str = Field(min_length=1)
-    base_url: HttpUrl | None = None
     folder_path: str = "/"
     full_resync: bool = False
 
 
-class SamPullConfig(JobConfig):
+class SamPullConfig(ConnectorConfig):
     search_id: str = Field(min_length=1)
     query: str = ""
     naics: list[str] = Field(default_factory=list)
@@ -40,13 +59,11 @@ class SamPullConfig(JobConfig):
     posted_to: date | None = None
     max_pages: int = Field(default=5, ge=1, le=100)
     download_attachments: bool = True
-    base_url: HttpUrl | None = None
 
 
-class SamRefreshConfig(JobConfig):
+class SamRefreshConfig(ConnectorConfig):
     search_id: str = Field(min_length=1)
     notice_ids: list[str] = Field(min_length=1)
-    base_url: HttpUrl | None = None
 
 
 class ScrapeConfig(JobConfig):
@@ -61,10 +78,9 @@ class SalesforceImportConfig(JobConfig):
     asset_id: uuid.UUID
 
 
-class ForecastSyncConfig(JobConfig):
+class ForecastSyncConfig(ConnectorConfig):
     forecast_sync_id: str = Field(min_length=1)
     source: str = Field(default="default", min_length=1)
-    base_url: HttpUrl | None = None
 
 
 class ProcedureConfig(JobConfig):

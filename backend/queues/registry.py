@@ -193,7 +193,7 @@ def builtin_types() -> list[JobType]:
             resource_type="sharepoint_config", resource_id_field="sync_config_id", has_child_jobs=True,
             retry_policy=RetryPolicy(max_attempts=3, backoff_seconds=60),
             resource_link=_link("SharePoint Sync", "folder-sync", "purple", "syncs", "sync_config_id"),
-            aliases=("sharepoint_import",),
+            aliases=("sharepoint_import",), check_config="backend.connectors.connections:check_sharepoint",
         ),
         JobType(
             "sam_pull", "SAM.gov Pull", "landmark", "amber", "sync", 3600, ("fetching", "downloading", "extracting"),
@@ -202,13 +202,14 @@ def builtin_types() -> list[JobType]:
             resource_type="sam_search", resource_id_field="search_id", has_child_jobs=True,
             retry_policy=RetryPolicy(max_attempts=3, backoff_seconds=60),
             resource_link=_link("SAM.gov Search", "landmark", "amber", "sam", "search_id"),
+            check_config="backend.connectors.connections:check_sam",
         ),
         JobType(
             "sam_refresh", "SAM.gov Refresh", "refresh-cw", "orange", "sync", 1800,
             ("fetching", "downloading", "extracting"),
             c.SamRefreshConfig, f"{J}.sam:refresh",
             description="Refresh known opportunities", resource_type="sam_search", resource_id_field="search_id",
-            has_child_jobs=True,
+            has_child_jobs=True, check_config="backend.connectors.connections:check_sam",
             resource_link=_link("SAM.gov Search", "landmark", "amber", "sam", "search_id"),
         ),
         JobType(
@@ -231,6 +232,7 @@ def builtin_types() -> list[JobType]:
             description="Acquisition forecasts from a JSON API", resource_type="forecast_sync",
             resource_id_field="forecast_sync_id", retry_policy=RetryPolicy(max_attempts=3, backoff_seconds=60),
             resource_link=_link("Forecast Sync", "trending-up", "green", "forecasts", "forecast_sync_id"),
+            check_config="backend.connectors.connections:check_forecast",
         ),
         JobType(
             "procedure", "Procedure", "list-checks", "iris", "default", 1800, (),

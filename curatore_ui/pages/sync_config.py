@@ -1,5 +1,7 @@
 """A SharePoint sync configuration's page, `/orgs/[slug]/syncs/[sync_config_id]`: start a sync, watch it
-(a panel with its child extractions), see past syncs and the files it keeps."""
+(a panel with its child extractions), see past syncs and the files it keeps. The sync names one of the
+SharePoint connections the organization may use: they are configured on the server, and the page shows
+only their names."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import reflex as rx
 from sqlalchemy import select
 
 from backend.auth.orgs import get_org
+from backend.connectors.connections import available
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ConnectorState
 from backend.errors import CuratoreError
@@ -21,9 +24,6 @@ from curatore_ui.components.run_table import run_table
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.session import principal_or_redirect
 from curatore_ui.state.views import LinkItem, RunRow, route_params, run_row
-
-DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
-
 
 def _read(slug: str, config_id: str, principal: Any) -> dict[str, Any]:
     org = get_org(slug)
@@ -48,7 +48,8 @@ def _read(slug: str, config_id: str, principal: Any) -> dict[str, Any]:
         "files": [LinkItem(a.filename, f"{a.size_bytes:,} bytes", f"/orgs/{slug}/assets/{a.id}", "file", "blue")
                   for a in in_transaction(files)],
         "drive_id": last.get("drive_id", ""),
-        "base_url": last.get("base_url") or DEFAULT_GRAPH_URL,
+        "connection": last.get("connection") or "default",
+        "connections": available("sharepoint", org.id),
         "has_delta": bool(in_transaction(state).get("delta_link")),
     }
 
@@ -58,7 +59,8 @@ class SyncConfigState(rx.State):
     slug: str = ""
     config_id: str = ""
     drive_id: str = ""
-    base_url: str = DEFAULT_GRAPH_URL
+    connection: str = "default"
+    connections: list[str] = []
     full_resync: bool = False
     has_delta: bool = False
     history: list[RunRow] = []
@@ -92,7 +94,7 @@ class SyncConfigState(rx.State):
         self.history, self.files, self.has_delta = data["history"], data["files"], data["has_delta"]
         if first:
             self.drive_id = self.drive_id or data["drive_id"]
-            self.base_url = data["base_url"]
+            self.connection, self.connections = data["connection"], data["connections"]
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
         if any(e["kind"] == "status" for e in events):
@@ -104,8 +106,8 @@ class SyncConfigState(rx.State):
         self.drive_id = value
 
     @rx.event
-    def set_base_url(self, value: str) -> None:
-        self.base_url = value
+    def set_connection(self, value: str) -> None:
+        self.connection = value
 
     @rx.event
     def set_full_resync(self, value: bool) -> None:
@@ -115,7 +117,7 @@ class SyncConfigState(rx.State):
     async def start_sync(self) -> None:
         principal = (await principal_or_redirect(self))[0]
         config = {"sync_config_id": self.config_id, "drive_id": self.drive_id.strip(),
-                  "base_url": self.base_url.strip() or None, "full_resync": self.full_resync}
+                  "connection": self.connection, "full_resync": self.full_resync}
 
         def start() -> None:
             actions.submit(principal, "sharepoint_sync", config, get_org(self.slug).id,
@@ -135,8 +137,9 @@ def _form() -> rx.Component:
         rx.hstack(rx.text("Drive id", size="2", width="7rem"),
                   rx.input(value=S.drive_id, on_change=S.set_drive_id, width="100%", data_testid="drive-id"),
                   width="100%", align="center"),
-        rx.hstack(rx.text("Graph URL", size="2", width="7rem"),
-                  rx.input(value=S.base_url, on_change=S.set_base_url, width="100%", data_testid="base-url"),
+        rx.hstack(rx.text("Connection", size="2", width="7rem"),
+                  rx.select(S.connections, value=S.connection, on_change=S.set_connection,
+                            placeholder="No SharePoint connection", data_testid="connection"),
                   width="100%", align="center"),
         rx.hstack(
             rx.checkbox("Full resync (ignore the delta link)", checked=S.full_resync, on_change=S.set_full_resync),

@@ -36,6 +36,7 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
     shutil.copy(_sqlite_template, data_dir / "curatore.db")
     overrides = data_dir / "overrides.json"  # children one at a time, so a child grid visibly counts up
     overrides.write_text('{"queues": {"extraction": {"max_concurrency": 1}}}')
+    graph_port = free_port()  # the default SharePoint connection: test_sync_page.py serves a drive there
     backend = Backend("sqlite", f"sqlite:///{data_dir / 'curatore.db'}",
                       f"curatore-sqla+sqlite:///{data_dir / 'broker.db'}", None, data_dir)
     backend.env = {
@@ -49,6 +50,7 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
         "CURATORE_LIVE_POLL_SECONDS": "0.2",
         "CURATORE_ALLOW_PRIVATE_FETCH": "true",
         "CURATORE_REGISTRY_OVERRIDES": str(overrides),
+        "CURATORE_SHAREPOINT_BASE_URL": f"http://127.0.0.1:{graph_port}/v1.0",
         "PYTHONPATH": str(ROOT),
     }
     with _applied(backend):

@@ -1,6 +1,9 @@
-"""The SharePoint sync page: start a sync against a local Graph stand-in and watch its children finish."""
+"""The SharePoint sync page: start a sync against a local Graph stand-in (the app's default SharePoint
+connection) and watch its children finish."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import expect
@@ -18,11 +21,11 @@ OBSERVE = """() => {
 
 
 @pytest.fixture
-def drive():  # type: ignore[no-untyped-def]
+def drive(app_backend):  # type: ignore[no-untyped-def]
     server = GraphServer("drive-browser")
     for n in range(1, 7):
         server.put_file(f"/Handbook/chapter-{n}.md", f"# Chapter {n}\n\nText of chapter {n}.\n".encode())
-    server.start()
+    server.start(port=urlsplit(app_backend.env["CURATORE_SHAREPOINT_BASE_URL"]).port)
     yield server
     server.stop()
 
@@ -31,7 +34,7 @@ def test_sync_page_child_grid_counts_up(app, page, drive):  # type: ignore[no-un
     held = drive.hold(r"/content|/download", after=0)  # the sync waits at its first download
     page.goto(f"{app.url}/orgs/demo/syncs/handbook")
     page.fill("[data-testid=drive-id]", "drive-browser")
-    page.fill("[data-testid=base-url]", drive.base_url)
+    expect(page.locator("[data-testid=connection]")).to_contain_text("default")  # a name, never a URL
     page.click("[data-testid=start-sync]")
     job = page.locator("[data-testid=panel-job]")
     expect(job).to_contain_text("SharePoint Sync")

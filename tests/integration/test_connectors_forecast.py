@@ -1,8 +1,11 @@
 """forecast_sync against a local paged forecast API, with a real worker, on SQLite and PostgreSQL:
 pages followed, invalid records counted and logged, records indexed and retired, retries, permanent
-errors, cancellation and the private-address guard."""
+errors, cancellation and the private-address guard. The stand-in is the default forecast connection
+(``CURATORE_FORECAST_BASE_URL``, in this process and the workers)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from sqlalchemy import select
@@ -34,16 +37,16 @@ INVALID = [
 
 
 @pytest.fixture
-def api():
+def api(backend):
     server = ForecastServer([*VALID[:3], *INVALID, *VALID[3:]], page_size=2)
     server.start()
+    backend.extend({"CURATORE_FORECAST_BASE_URL": server.base_url})
     yield server
     server.stop()
 
 
 def start(org, api, **config):
-    return submit_run("forecast_sync", {"forecast_sync_id": SYNC_ID, "base_url": api.base_url, **config},
-                      organization_id=org.id)
+    return submit_run("forecast_sync", {"forecast_sync_id": SYNC_ID, **config}, organization_id=org.id)
 
 
 def ended(run_id, server, timeout=90):
@@ -114,9 +117,10 @@ def test_5xx_and_429_are_retried_and_logged(backend, org, api, start_worker):
 
 
 def test_permanent_errors_fail_with_a_clear_message(backend, org, api, start_worker):
+    wrong = {"wrong-path": {"kind": "forecast", "base_url": api.base_url + "/v9", "organizations": [org.slug]}}
+    backend.extend({"CURATORE_CONNECTIONS": json.dumps(wrong)})
     start_worker(extra_env=ALLOW_PRIVATE)
-    run = ended(submit_run("forecast_sync", {"forecast_sync_id": SYNC_ID, "base_url": api.base_url + "/v9"},
-                           organization_id=org.id).id, api)
+    run = ended(start(org, api, connection="wrong-path").id, api)
     assert RunStatus(run.status) is RunStatus.FAILED
     assert "The forecast API failed on page 1" in run.error_message and "HTTP 404" in run.error_message
     assert len(api.requests) == 1, "a 404 is not retried"

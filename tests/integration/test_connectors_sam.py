@@ -1,6 +1,7 @@
 """sam_pull and sam_refresh against a local SAM.gov opportunities API, with a real worker, on SQLite and
 PostgreSQL: paging, records, attachments and their extractions, refresh, retries, permanent errors,
-cancellation and the private-address guard."""
+cancellation and the private-address guard. The stand-in is the default SAM.gov connection
+(``CURATORE_SAM_BASE_URL``, in this process and the workers)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,16 @@ SEARCH = "search-cloud"
 
 
 @pytest.fixture
-def sam():
+def sam(backend):
     server = SamServer(max_limit=2)  # the server caps pages at 2 opportunities, whatever the client asks
     server.start()
+    backend.extend({"CURATORE_SAM_BASE_URL": server.base_url})
     yield server
     server.stop()
 
 
 def start(org, sam, run_type="sam_pull", **config):
-    return submit_run(run_type, {"search_id": SEARCH, "base_url": sam.base_url, **config}, organization_id=org.id)
+    return submit_run(run_type, {"search_id": SEARCH, **config}, organization_id=org.id)
 
 
 def ended(run_id, server, timeout=90):
@@ -219,6 +221,7 @@ class Context:
 def test_the_api_key_is_sent_put_into_attachment_links_and_never_shown(sam, monkeypatch):
     from backend.config import reset_settings
     from backend.connectors.common import RunHttpClient
+    from backend.connectors.connections import Connection
     from backend.connectors.sam import SamClient, SamError
 
     monkeypatch.setenv("CURATORE_ALLOW_PRIVATE_FETCH", "true")  # this test process fetches from the local server
@@ -228,7 +231,8 @@ def test_the_api_key_is_sent_put_into_attachment_links_and_never_shown(sam, monk
     sam.add_opportunity("n1", "Cloud hosting", attachments={"sow.txt": b"statement of work"})
     ctx = Context()
     try:
-        with SamClient(RunHttpClient(ctx, sam.base_url, "SAM.gov", secrets=["k3y-123"]), "k3y-123") as client:
+        connection = Connection("sam", "test", sam.base_url, "k3y-123")
+        with SamClient(RunHttpClient.for_connection(ctx, connection, "SAM.gov")) as client:
             today = date.today()
             [page] = list(client.search(today, today, max_pages=3))
             link = page.opportunities[0]["resourceLinks"][0]

@@ -1,6 +1,7 @@
 """sharepoint_sync against a local Microsoft Graph stand-in, with a real worker, on SQLite and PostgreSQL:
 delta listings across runs, downloads, child extractions, deletions, retries, permanent errors,
-cancellation and the private-address guard."""
+cancellation and the private-address guard. The stand-in is the default SharePoint connection
+(``CURATORE_SHAREPOINT_BASE_URL``, in this process and the workers)."""
 
 from __future__ import annotations
 
@@ -23,16 +24,17 @@ SYNC_ID = "sync-hr"
 
 
 @pytest.fixture
-def graph():
+def graph(backend):
     server = GraphServer("drive-1", page_size=2)
     server.start()
+    backend.extend({"CURATORE_SHAREPOINT_BASE_URL": server.base_url})
     yield server
     server.stop()
 
 
 def sync(org, graph, timeout=90, **config):
-    run = submit_run("sharepoint_sync", {"sync_config_id": SYNC_ID, "drive_id": "drive-1",
-                                         "base_url": graph.base_url, **config}, organization_id=org.id)
+    run = submit_run("sharepoint_sync", {"sync_config_id": SYNC_ID, "drive_id": "drive-1", **config},
+                     organization_id=org.id)
     return ended(run.id, graph, timeout)
 
 
@@ -171,8 +173,7 @@ def test_cancel_mid_sync_stops_downloading_and_the_next_run_resumes(backend, org
     for n in range(1, 6):
         graph.put_file(f"/f{n}.txt", f"file {n}".encode())
     hold = graph.hold(r"/content", after=2)
-    run = submit_run("sharepoint_sync", {"sync_config_id": SYNC_ID, "drive_id": "drive-1", "base_url": graph.base_url},
-                     organization_id=org.id)
+    run = submit_run("sharepoint_sync", {"sync_config_id": SYNC_ID, "drive_id": "drive-1"}, organization_id=org.id)
     hold.wait_blocked(1)  # the third download is in flight
     assert request_cancel(run.id, by="tester") is RunStatus.CANCELLING
     hold.release()

@@ -39,7 +39,7 @@ def demo_servers(backend):  # type: ignore[no-untyped-def]
                devservers.SiteServer()]
     for i, server in enumerate(servers):
         server.start(port=base + i)
-    env = {"CURATORE_DEMO_SERVERS_PORT": str(base), "CURATORE_ALLOW_PRIVATE_FETCH": "true"}
+    env = {**devservers.demo_environment(base, os.environ), "CURATORE_ALLOW_PRIVATE_FETCH": "true"}  # as `curatore dev`
     backend.env.update(env)
     os.environ.update(env)
     reset_process_state()

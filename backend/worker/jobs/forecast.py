@@ -3,7 +3,8 @@
 fetching: every page of the API (following ``next``). parsing: each record validated as a
 :class:`Forecast`; an invalid one is counted and logged, not fatal. indexing: valid forecasts upserted as
 ``ExternalRecord`` (source ``forecast``, kind ``forecast``, resource = the forecast sync); forecasts of
-this sync that the API no longer lists are marked deleted.
+this sync that the API no longer lists are marked deleted. The API is the configured connection, resolved
+again here from the settings.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from backend.connectors import common
+from backend.connectors import common, connections
+from backend.connectors.connections import Connection
 from backend.connectors.forecasts import Forecast, ForecastClient
-from backend.errors import InvalidConfig
 from backend.queues.configs import ForecastSyncConfig
 from backend.worker.base import JobContext
 
@@ -23,25 +24,24 @@ LOGGED_INVALID = 20  # invalid records logged one by one; the rest only counted
 
 
 def run(ctx: JobContext, config: ForecastSyncConfig) -> dict[str, Any]:
-    base_url = config.base_url or getattr(ctx.settings, "forecast_base_url", None)
-    if not base_url:
-        raise InvalidConfig("forecast_sync needs a base_url (in the config, or CURATORE_FORECAST_BASE_URL).")
-    raw = _fetch(ctx, str(base_url).rstrip("/"), config.source)
+    connection = connections.resolve("forecast", config.connection, ctx.organization_id)
+    raw = _fetch(ctx, connection, config.source)
     forecasts, invalid = _parse(ctx, raw)
     listed = {str(r["id"]) for r in raw if isinstance(r, dict) and r.get("id") is not None}  # invalid ones too
     counts = _index(ctx, forecasts, config.forecast_sync_id, listed)
     return {"fetched": len(raw), "valid": len(forecasts), "invalid": invalid, **counts}
 
 
-def _fetch(ctx: JobContext, base_url: str, source: str) -> list[Any]:
+def _fetch(ctx: JobContext, connection: Connection, source: str) -> list[Any]:
     records: list[Any] = []
     ctx.progress(0, None, phase="fetching", unit="records")
-    with common.RunHttpClient(ctx, base_url, "Forecast API") as http:
+    with common.RunHttpClient.for_connection(ctx, connection, "Forecast API") as http:
         for page in ForecastClient(http).pages(source):
             records.extend(page.results)
             ctx.progress(len(records), page.count, phase="fetching", item=f"page {page.number}", unit="records")
             ctx.check_cancelled()
-    ctx.info(f"Fetched {len(records)} forecasts from {base_url} ({source})", "fetched", records=len(records))
+    ctx.info(f"Fetched {len(records)} forecasts from {connection.base_url} ({source}, connection "
+             f"{connection.name!r})", "fetched", records=len(records))
     return records
 
 

@@ -4,7 +4,9 @@ fetching: a pull pages through a search (per NAICS code, by offset, up to ``max_
 asks for each known notice id. Every opportunity is upserted as an ``ExternalRecord`` (source ``sam``,
 kind ``opportunity``, resource = the search). downloading: attachment links not stored yet are downloaded
 into assets (``collection_id`` = the search, ``external_id`` = the link); a link that fails is logged and
-counted, not fatal. extracting: one child extraction per stored attachment.
+counted, not fatal. extracting: one child extraction per stored attachment. Requests go to the configured
+connection, resolved again here from the settings; its API key goes to its origin only (an attachment
+link elsewhere is fetched without it, see :mod:`backend.connectors.sam`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import hashlib
 from datetime import date, timedelta
 from typing import Any
 
-from backend.connectors import common
-from backend.connectors.sam import DEFAULT_BASE_URL, SamClient, SamError
+from backend.connectors import common, connections
+from backend.connectors.sam import SamClient, SamError
 from backend.errors import InvalidConfig
 from backend.queues.configs import SamPullConfig, SamRefreshConfig
 from backend.worker.base import JobContext
@@ -32,7 +34,7 @@ def pull(ctx: JobContext, config: SamPullConfig) -> dict[str, Any]:
                             f"{MAX_WINDOW_DAYS} days before it: SAM.gov searches one year at most.")
     counts = {"opportunities": 0, "new": 0, "updated": 0, "pages": 0, "total_records": 0}
     seen: dict[str, dict[str, Any]] = {}
-    with _client(ctx, config.base_url) as client:
+    with _client(ctx, config.connection) as client:
         ctx.progress(0, None, phase="fetching", unit="opportunities")
         for ncode in config.naics or [""]:
             what = f"NAICS {ncode}" if ncode else "all NAICS codes"
@@ -63,7 +65,7 @@ def refresh(ctx: JobContext, config: SamRefreshConfig) -> dict[str, Any]:
     counts = {"opportunities": 0, "new": 0, "updated": 0, "missing": 0}
     seen: dict[str, dict[str, Any]] = {}
     total = len(config.notice_ids)
-    with _client(ctx, config.base_url) as client:
+    with _client(ctx, config.connection) as client:
         ctx.progress(0, total, phase="fetching", unit="notices")
         for n, notice_id in enumerate(config.notice_ids, 1):
             ctx.check_cancelled()
@@ -80,12 +82,12 @@ def refresh(ctx: JobContext, config: SamRefreshConfig) -> dict[str, Any]:
     return {**counts, **attachments, "extractions": ctx.children_spawned}
 
 
-def _client(ctx: JobContext, base_url: Any) -> SamClient:
-    api_key = common.secret_setting(ctx.settings, "sam_api_key")
-    if not api_key:
-        ctx.warn("No SAM.gov API key is configured (CURATORE_SAM_API_KEY); requests go without one", "config")
-    base = str(base_url).rstrip("/") if base_url else DEFAULT_BASE_URL
-    return SamClient(common.RunHttpClient(ctx, base, "SAM.gov", secrets=[api_key]), api_key)
+def _client(ctx: JobContext, name: str) -> SamClient:
+    connection = connections.resolve("sam", name, ctx.organization_id)
+    if not connection.secret:
+        ctx.warn(f"Connection {connection.name!r} has no SAM.gov API key ({connection.setting}); requests go "
+                 "without one", "config")
+    return SamClient(common.RunHttpClient.for_connection(ctx, connection, "SAM.gov"))
 
 
 def _upsert(ctx: JobContext, opportunity: dict[str, Any], search_id: str, counts: dict[str, int],

@@ -8,7 +8,9 @@ of the folder, or (on a full resync) no longer listed, have their assets marked 
 
 The connector state keeps the delta link, the known items (eTag, asset) and the folder paths. The
 delta link is saved only when a run gets through; a cancelled or failed run keeps the files it stored,
-so the next run skips them as unchanged.
+so the next run skips them as unchanged. Requests go to the configured connection (resolved again here,
+from the settings); a saved delta link on another origin than the connection's (the connection changed)
+is not followed: the drive is listed again.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.connectors import common
-from backend.connectors.graph import DEFAULT_BASE_URL, DeltaExpired, GraphDrive
+from backend.connectors import common, connections
+from backend.connectors.graph import DeltaExpired, GraphDrive
 from backend.db.types import utcnow
 from backend.queues.configs import SharePointSyncConfig
 from backend.worker.base import JobContext
@@ -43,18 +45,19 @@ def run(ctx: JobContext, config: SharePointSyncConfig) -> dict[str, Any]:
         state = {"items": state.get("items", {})}  # known items stay known, so deletions are still detected
     known: dict[str, dict[str, Any]] = state.get("items", {})
     folders: dict[str, str] = state.get("folders", {})
-    full = config.full_resync or not state.get("delta_link")
-    token = common.secret_setting(ctx.settings, "sharepoint_token")
-    base_url = str(config.base_url).rstrip("/") if config.base_url else DEFAULT_BASE_URL
-    if not token:
-        ctx.warn("No SharePoint token is configured (CURATORE_SHAREPOINT_TOKEN); requests go without one", "config")
+    connection = connections.resolve("sharepoint", config.connection, org)
+    if not connection.secret:
+        ctx.warn(f"Connection {connection.name!r} has no SharePoint token ({connection.setting}); requests go "
+                 "without one", "config")
 
     listing, stored, deleted, done = Listing(), [], 0, False
     try:
-        with common.RunHttpClient(ctx, base_url, "Microsoft Graph", secrets=[token]) as http:
-            drive = GraphDrive(http, config.drive_id, token)
+        with common.RunHttpClient.for_connection(ctx, connection, "Microsoft Graph") as http:
+            drive = GraphDrive(http, config.drive_id)
+            full = config.full_resync or not _usable_delta_link(ctx, http, state.get("delta_link"))
             ctx.info(f"{'Full listing' if full else 'Changes since the last sync'} of drive {config.drive_id} "
-                     f"at {base_url}", "scan_start", full_resync=full, folder_path=config.folder_path)
+                     f"at {connection.base_url} (connection {connection.name!r})", "scan_start", full_resync=full,
+                     folder_path=config.folder_path, connection=connection.name)
             try:
                 listing = _scan(ctx, drive, None if full else state["delta_link"])
             except DeltaExpired as exc:
@@ -75,6 +78,18 @@ def run(ctx: JobContext, config: SharePointSyncConfig) -> dict[str, Any]:
     return {"listed": listing.listed, "pages": listing.pages, "downloaded": len(stored), "unchanged": unchanged,
             "deleted": deleted, "extractions": ctx.children_spawned, "full_resync": full,
             "bytes": sum(a.size_bytes for a in stored)}
+
+
+def _usable_delta_link(ctx: JobContext, http: common.RunHttpClient, delta_link: str | None) -> bool:
+    """Whether the saved delta link may be followed: it must be on the connection's origin (the token goes
+    with it)."""
+    if not delta_link:
+        return False
+    if not http.on_origin(delta_link):
+        ctx.warn("The saved delta link is on another origin than the connection's (the connection changed); "
+                 "listing the whole drive", "resync")
+        return False
+    return True
 
 
 def _scan(ctx: JobContext, drive: GraphDrive, delta_link: str | None) -> Listing:
