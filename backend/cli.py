@@ -114,17 +114,19 @@ def submit(
     from backend import actions
     from backend.auth.access import Principal
     from backend.queues.registry import get_registry
+    from backend.validation import MAX_CONFIG_BYTES, MAX_NAME, check_input, check_text, parse_json
 
-    try:
-        config = json.loads(config_json)
-    except json.JSONDecodeError as exc:
-        raise CuratoreError(f"--config is not valid JSON: {exc}") from None
+    config = parse_json(config_json, "--config")
     if not isinstance(config, dict):
         raise CuratoreError("--config must be a JSON object.")
-    # Refuse a bad type or config before storing any file, so a refused submit leaves nothing behind.
-    get_registry().validate_config(run_type, _store_paths(None, config))
     if display_name is None and isinstance(config.get("path"), str):
-        display_name = config["path"]
+        display_name = config["path"][-MAX_NAME:]
+    # Refuse bad input (the checks every path shares) and a bad type or config before storing any file, so a
+    # refused submit leaves nothing behind.
+    for value, what in ((run_type, "the run type"), (org_slug, "--org"), (display_name, "--name")):
+        check_text(value, what, max_length=MAX_NAME)
+    check_input(config, "--config", max_bytes=MAX_CONFIG_BYTES)
+    get_registry().validate_config(run_type, _store_paths(None, config))
     org = _submit_org(org_slug)
     config = _store_paths(org.id, config)
     # The operator on the server is a system admin, under the same rules as everyone: a system run goes to the

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from backend.api import errors, queues, registry, runs, schedules
 from backend.api.deps import current_principal
 from backend.api.metrics import metrics_text
+from backend.validation import MAX_BODY_BYTES
 
 PREFIX = "/api/v1/ops"
 VERSION = "1.0.0"
@@ -23,7 +24,9 @@ Authenticate with an API token (`curatore tokens create EMAIL --name NAME`): `Au
 Everything is scoped to the token's organizations: another organization's runs answer 404, as if they did not
 exist. Viewers read; members also submit, cancel, retry and boost; admins also force-kill and manage schedules.
 
-Errors are JSON: `{"error": {"code": "...", "message": "..."}}`, with a stable `code`.
+Errors are JSON: `{"error": {"code": "...", "message": "..."}}`, with a stable `code`. A request body may hold
+at most 1 MiB (413 `too_large`); a job config at most 256 KiB of JSON, nested at most 32 levels, with no text
+that cannot be stored (NUL, lone surrogates) and no NaN or infinity (422 `invalid_input`).
 """
 
 
@@ -32,6 +35,7 @@ def create_api() -> FastAPI:
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None,
                   swagger_ui_oauth2_redirect_url="/api/v1/docs/oauth2-redirect")
     errors.install(app)
+    app.add_middleware(errors.BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     ops = APIRouter(prefix=PREFIX, dependencies=[Depends(current_principal)])
     for module in (runs, queues, registry, schedules):

@@ -2,7 +2,10 @@
 
 - The engine's :class:`~backend.errors.CuratoreError` keeps its own ``code`` and ``http_status``.
 - A request that does not validate (path, query or body) is 422 ``invalid_request``, naming the field.
-- Routing errors (unknown path, wrong method) keep their status, with a JSON body.
+- Routing errors (unknown path, wrong method) keep their status, with a JSON body; a body over
+  :data:`~backend.validation.MAX_BODY_BYTES` is 413 ``too_large`` before it is read or parsed, and one nested
+  too deep for the JSON parser is 422, as any other invalid body.
+- A message never carries a character that cannot be encoded (it may quote the input): see ``error_response``.
 - Anything else is 500 ``internal_error``: logged with its traceback, which the client never sees.
 """
 
@@ -14,9 +17,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.errors import CuratoreError, UnknownRunType
+from backend.validation import MAX_BODY_BYTES, MAX_DEPTH, escape, size_text
 
 log = logging.getLogger("curatore.api")
 
@@ -47,7 +53,9 @@ class InvalidRequest(CuratoreError):
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    """The JSON error; NUL and lone surrogates in the message (a field name from the body, say) are written
+    as ``\\uXXXX`` so that the response can always be encoded."""
+    return JSONResponse({"error": {"code": code, "message": escape(message)}}, status_code=status, headers=headers)
 
 
 def status_of(exc: CuratoreError) -> int:
@@ -73,6 +81,46 @@ def describe_validation(errors: list[Any]) -> str:
     return "Invalid request: " + "; ".join(parts) + more
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a body without a Content-Length is read past the limit: FastAPI re-raises an
+    HTTPException from reading the body, so it reaches :func:`install`'s handler as a JSON 413."""
+
+    def __init__(self, max_bytes: int = MAX_BODY_BYTES) -> None:
+        super().__init__(413, f"The request body is larger than the limit of {size_text(max_bytes)}.")
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``max_bytes`` is refused with a JSON 413 before anything parses it, from
+    its Content-Length when it has one, else as soon as the bytes read pass the limit.
+
+    (FastAPI's own ``max_body_size`` answers in plain text, even over the app's JSON error.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            response = error_response(413, "too_large", BodyTooLarge(self.max_bytes).detail)
+            await response(scope, receive, send)
+            return
+        read = 0
+
+        async def limited() -> Message:
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            if read > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CuratoreError)
     async def curatore_error(request: Request, exc: CuratoreError) -> JSONResponse:
@@ -87,6 +135,8 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "Request refused."
         if exc.status_code == 400:  # FastAPI's own "error parsing the body" (not UTF-8, say): invalid like any other
+            if isinstance(exc.__cause__, RecursionError):
+                message = f"the JSON is nested too deep to read (a config may hold {MAX_DEPTH} levels)"
             return error_response(422, "invalid_request", f"Invalid request: body: {message}")
         return error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), message,
                               dict(exc.headers) if exc.headers else None)

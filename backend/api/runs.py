@@ -16,7 +16,6 @@ from backend import actions, audit
 from backend.api.deps import CurrentPrincipal
 from backend.api.errors import InvalidRequest
 from backend.api.schemas import (
-    NO_NUL,
     AuditList,
     AuditOut,
     BoostOut,
@@ -33,6 +32,7 @@ from backend.api.schemas import (
     PageOut,
     RunCreate,
     RunOut,
+    Text,
     error_responses,
 )
 from backend.auth.access import Principal
@@ -87,26 +87,16 @@ def one(run: Run) -> RunOut:
     return RunOut.of(run, listing.annotate([run]))
 
 
-def has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_nul(v) for v in value)
-    return False
-
-
 # --------------------------------------------------------------------------- collection
 
 
 @router.post("/runs", status_code=201, response_model=RunOut, summary="Create and submit a run",
-             responses=error_responses(403, 409, 429, 503))
+             responses=error_responses(403, 409, 413, 429, 503))
 def create_run(p: CurrentPrincipal, body: RunCreate) -> RunOut:
-    """The config is validated against the type's schema (422 naming the field); the same job already queued
-    or running on the same resource is refused (409 ``duplicate_run``). Needs the member role."""
-    if has_nul([body.run_type, body.name or "", body.config]):
-        raise InvalidRequest("Invalid request: text may not contain NUL characters.")
+    """The config is validated against the type's schema (422 naming the field) after the input checks every
+    path shares (``backend.validation``: text that cannot be stored, at most 256 KiB and 32 levels; 422
+    ``invalid_input``); a body over 1 MiB is refused unread (413). The same job already queued or running on
+    the same resource is refused (409 ``duplicate_run``). Needs the member role."""
     org = visible_org(p, body.organization)
     run = actions.submit(p, body.run_type, body.config, org.id, priority=body.priority, display_name=body.name)
     return one(run)
@@ -115,15 +105,13 @@ def create_run(p: CurrentPrincipal, body: RunCreate) -> RunOut:
 @router.get("/runs", response_model=PageOut, summary="List runs (newest first, keyset pages)")
 def list_runs(
     p: CurrentPrincipal,
-    organization: Annotated[str | None, Query(max_length=64, pattern=NO_NUL,
-                                              description="Only this organization (slug)")] = None,
+    organization: Annotated[Text | None, Query(max_length=64, description="Only this organization (slug)")] = None,
     run_type: Annotated[list[TypeKey] | None, Query(alias="type", description="Job type keys")] = None,
     status: Annotated[list[RunStatus] | None, Query()] = None,
     origin: Annotated[list[RunOrigin] | None, Query()] = None,
     created_from: Annotated[Timestamp | None, Query(description="Created at or after")] = None,
     created_to: Annotated[Timestamp | None, Query(description="Created before")] = None,
-    search: Annotated[str, Query(max_length=200, pattern=NO_NUL,
-                                 description="Name, id (or its prefix), type or config values")] = "",
+    search: Annotated[Text, Query(max_length=200, description="Name, id (or its prefix), type or config values")] = "",
     parent: Annotated[uuid.UUID | None, Query(description="Only children of this run")] = None,
     top_level: Annotated[bool, Query(description="Only runs without a parent")] = False,
     sort: Annotated[Literal["created", "priority"], Query()] = "created",

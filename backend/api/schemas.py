@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from backend.db.models import AuditEntry, Run, RunGroup, RunLogEvent
 from backend.queues.registry import get_registry
 from backend.runs.listing import Page, group_counts
 from backend.runs.states import LogLevel, RunOrigin, RunStatus
+from backend.validation import MAX_NAME, InvalidInput, check_text, displayable
 
-NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
+
+def _storable(value: str) -> str:
+    """A pydantic validator over :func:`backend.validation.check_text` (so the error names the field)."""
+    try:
+        check_text(value, "text")
+    except InvalidInput as exc:
+        raise ValueError(exc.message.removeprefix("text: ")) from None
+    return value
+
+
+# Text a person sends: refused (422 naming the field) when it cannot be stored (NUL, lone surrogates).
+Text = Annotated[str, AfterValidator(_storable)]
 
 # --------------------------------------------------------------------------- errors
 
@@ -90,7 +102,7 @@ class RunOut(BaseModel):
         end = run.completed_at
         duration = (end - run.started_at).total_seconds() if end and run.started_at else None
         children = page.child_counts.get(run.id)
-        return cls(
+        return cls(**displayable(dict(
             id=run.id, organization_id=run.organization_id, organization=page.org_slugs.get(run.organization_id, ""),
             run_type=run.run_type, type_label=job_type.label if job_type else None, origin=RunOrigin(run.origin),
             status=RunStatus(run.status), priority=run.priority, queue=run.queue, display_name=run.display_name,
@@ -105,7 +117,7 @@ class RunOut(BaseModel):
             retry_of=run.retry_of, trace_id=run.trace_id,
             children=ChildCounts(**children) if children else None,
             queue_position=page.queue_positions.get(run.id), eta_seconds=page.etas.get(run.id),
-        )
+        )))
 
 
 class PageOut(BaseModel):
@@ -127,16 +139,18 @@ class RunCreate(BaseModel):
          "priority": 2, "name": "Health report"},
     ]})
 
-    run_type: str = Field(min_length=1, max_length=64, description="A registry key or alias")
-    config: dict[str, Any] = Field(default_factory=dict, description="Validated against the type's config schema")
-    organization: str = Field(min_length=1, max_length=64, description="The organization's slug")
-    priority: int | None = Field(default=None, ge=0, le=4, description="0 (lowest) to 4; the type's default if unset")
-    name: str | None = Field(default=None, max_length=300, pattern=NO_NUL, description="Display name")
+    run_type: Text = Field(min_length=1, max_length=64, description="A registry key or alias")
+    config: dict[str, Any] = Field(default_factory=dict, description="Validated against the type's config schema "
+                                   "(at most 256 KiB of JSON, 32 levels deep)")
+    organization: Text = Field(min_length=1, max_length=64, description="The organization's slug")
+    priority: int | None = Field(default=None, ge=0, le=4, strict=True,
+                                 description="An integer, 0 (lowest) to 4; the type's default if unset")
+    name: Text | None = Field(default=None, max_length=MAX_NAME, description="Display name")
 
 
 class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 class CancelOut(BaseModel):
@@ -147,7 +161,7 @@ class CancelOut(BaseModel):
 class BulkCancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run_ids: list[uuid.UUID] = Field(min_length=1, max_length=500)
-    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 class BulkCancelItem(BaseModel):
@@ -184,8 +198,8 @@ class LogOut(BaseModel):
 
     @classmethod
     def of(cls, e: RunLogEvent) -> LogOut:
-        return cls(id=e.id or 0, run_id=e.run_id, level=LogLevel(e.level), event_type=e.event_type,
-                   message=e.message, context=e.context or {}, created_at=e.created_at)
+        return cls(**displayable(dict(id=e.id or 0, run_id=e.run_id, level=LogLevel(e.level), event_type=e.event_type,
+                                      message=e.message, context=e.context or {}, created_at=e.created_at)))
 
 
 class LogPageOut(BaseModel):
@@ -223,8 +237,8 @@ class AuditOut(BaseModel):
 
     @classmethod
     def of(cls, a: AuditEntry) -> AuditOut:
-        return cls(id=a.id or 0, at=a.at, actor=a.actor, action=a.action, organization_id=a.organization_id,
-                   run_id=a.run_id, details=a.details or {})
+        return cls(**displayable(dict(id=a.id or 0, at=a.at, actor=a.actor, action=a.action,
+                                      organization_id=a.organization_id, run_id=a.run_id, details=a.details or {})))
 
 
 class AuditList(BaseModel):

@@ -98,6 +98,12 @@ class PipelineConfig(JobConfig):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     stages: list[PipelineStage] = Field(min_length=1)
 
+    def nested_runs(self) -> list[tuple[tuple[Any, ...], str, dict[str, Any]]]:
+        """(path, run_type, config) of each stage: the registry validates them at submit, against their own
+        types (this module cannot import the registry, which imports it), so a bad stage never waits for a
+        worker to be refused."""
+        return [(("stages", n), stage.run_type, stage.config) for n, stage in enumerate(self.stages)]
+
 
 class DeletionConfig(JobConfig):
     resource_type: Literal["asset", "run", "collection", "sharepoint_config", "sam_search"]

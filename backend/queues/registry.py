@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from backend.config import get_settings
 from backend.errors import CuratoreError, InvalidConfig, UnknownRunType
 from backend.queues import configs as c
+from backend.validation import MAX_CONFIG_BYTES, check_input
 
 
 @dataclass(frozen=True)
@@ -303,14 +304,34 @@ class Registry:
 
     def validate_config(self, run_type: str, config: Any, organization_id: Any = None) -> dict[str, Any]:
         """The config, validated against the type's model (and, given the organization, the type's
-        ``check_config``); raises InvalidConfig naming the field."""
+        ``check_config``); raises InvalidConfig naming the field. Before pydantic sees it, the config passes
+        :func:`backend.validation.check_input` (storable text, finite numbers, size and depth limits)."""
         job_type = self.resolve(run_type)
         if not isinstance(config, dict):
             raise InvalidConfig(f"The config of a {job_type.key} run must be a JSON object.")
+        check_input(config, "config", max_bytes=MAX_CONFIG_BYTES)
+        return self._validated(job_type, config, organization_id, owner=job_type.key, where="config")
+
+    def _validated(self, job_type: JobType, config: dict[str, Any], organization_id: Any, *, owner: str,
+                   where: str) -> dict[str, Any]:
+        """The config through the type's model, then each run config nested in it (a pipeline's stages, as
+        the model's ``nested_runs()`` lists them) through its own type's model and check: errors name the
+        whole path from the submitted config, such as ``config.stages.0.config.asset_id``."""
         try:
             model = job_type.config_model.model_validate(config)
         except ValidationError as exc:
-            raise InvalidConfig(_describe(job_type.key, exc), errors=exc.errors(include_url=False)) from None
+            raise InvalidConfig(_describe(owner, exc, where), errors=exc.errors(include_url=False)) from None
+        nested = getattr(model, "nested_runs", None)
+        for path, run_type, stage_config in nested() if nested else ():
+            stage_where = ".".join([where, *(str(p) for p in path)])
+            child = self.find(run_type)
+            if child is None:
+                raise InvalidConfig(f"Invalid config for {owner}: {stage_where}.run_type: unknown run type "
+                                    f"{run_type!r}. Known types: {', '.join(sorted(self.types))}.")
+            if child.key == job_type.key:
+                raise InvalidConfig(f"Invalid config for {owner}: {stage_where}.run_type: a {job_type.key} cannot "
+                                    f"run a {job_type.key} as a stage.")
+            self._validated(child, stage_config, organization_id, owner=owner, where=f"{stage_where}.config")
         clean = model.model_dump(mode="json")
         check = job_type.load_check_config() if organization_id is not None else None
         if check is not None:
@@ -367,11 +388,11 @@ def _describe_errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
 
 
-def _describe(key: str, exc: ValidationError) -> str:
+def _describe(key: str, exc: ValidationError, where: str = "config") -> str:
     parts = []
     for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(config)"
-        parts.append(f"config.{where}: {err['msg']}")
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}.{loc}: {err['msg']}" if loc else f"{where}: {err['msg']}")
     return f"Invalid config for {key}: " + "; ".join(parts)
 
 

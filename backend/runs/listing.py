@@ -23,6 +23,7 @@ from backend.db.types import utcnow
 from backend.errors import CuratoreError
 from backend.queues.registry import get_registry
 from backend.runs.states import RunOrigin, RunStatus
+from backend.validation import storable
 
 S = RunStatus
 QUEUED = (S.PENDING, S.SUBMITTED)
@@ -89,6 +90,9 @@ def _filtered(q: ListQuery, *, with_types: bool = True, with_statuses: bool = Tr
 
 
 def _search_clause(text: str) -> Any:
+    """Name, config text, type or id. A character that cannot be stored (typed into the UI's search box, say)
+    matches nothing and must not reach the driver, which could not encode it."""
+    text = storable(text)
     like = f"%{text.lower()}%"
     clauses = [
         func.lower(func.coalesce(Run.display_name, "")).like(like),

@@ -20,10 +20,11 @@ from sqlmodel import Session
 from backend.db.engine import after_commit, in_transaction
 from backend.db.models import Run, RunLogEvent, empty_progress
 from backend.db.types import utcnow
-from backend.errors import DuplicateRun, InvalidConfig, InvalidTransition, RunNotFound
+from backend.errors import DuplicateRun, InvalidTransition, RunNotFound
 from backend.queues.registry import get_registry
 from backend.runs import outbox
 from backend.runs.states import EVENT_TYPES, LogLevel, RunOrigin, RunStatus, allowed
+from backend.validation import MAX_NAME, check_priority, check_text
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,14 @@ def create_run(
     session: Session | None = None,
 ) -> Run:
     """Validate and write a pending run. An invalid config, or the same job already active on the same
-    resource (or within the type's cooldown), raises before anything is written."""
+    resource (or within the type's cooldown), raises before anything is written. Every caller (API, UI, CLI,
+    schedules, children) gets the same input checks (:mod:`backend.validation`): strict types, storable text,
+    and the config's size and depth limits."""
+    check_text(run_type, "run_type")
+    check_text(display_name, "name", max_length=MAX_NAME)
+    check_priority(priority)
     job_type = get_registry().resolve(run_type)
     clean = get_registry().validate_config(run_type, config, organization_id)
-    if priority is not None and not 0 <= priority <= 4:
-        raise InvalidConfig(f"priority must be between 0 and 4, not {priority}.")
     asset_ids = list(input_asset_ids or [])
     if job_type.resource_type == "asset" and job_type.resource_id_field and clean.get(job_type.resource_id_field):
         asset_ids = asset_ids or [str(clean[job_type.resource_id_field])]

@@ -13,11 +13,13 @@ from backend import actions
 from backend.queues.registry import get_registry
 from backend.runs import listing, queries
 from backend.runs.states import RunStatus
+from backend.validation import displayable
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.session import principal_or_redirect
 from curatore_ui.state.toasts import end_toast
 from curatore_ui.state.views import (
-    LinkItem, LogLine, RunRow, counter_text, duration, log_line, pretty_json, route_params, run_href, run_row, ts,
+    SHOW_JSON_CHARS, LinkItem, LogLine, RunRow, counter_text, duration, log_line, pretty_json, route_params, run_href,
+    run_row, ts,
 )
 
 LOG_WINDOW = 300
@@ -25,7 +27,7 @@ CHILD_WINDOW = 100
 
 
 def _facts(pairs: list[tuple[str, Any]]) -> list[LinkItem]:
-    return [LinkItem(label=k, name=str(v)) for k, v in pairs if v not in (None, "")]
+    return [LinkItem(label=k, name=displayable(str(v))) for k, v in pairs if v not in (None, "")]
 
 
 def _snapshot(run_id: str, scoped_slug: str | None, principal: Any) -> dict[str, Any]:
@@ -48,8 +50,8 @@ def _snapshot(run_id: str, scoped_slug: str | None, principal: Any) -> dict[str,
                                 run_href(retry.id, scoped_slug), "rotate-cw", "gray"))
     if job_type and job_type.resource_link:
         link = job_type.resource_link(run.config or {}, slug)
-        if link:
-            related.append(LinkItem(link.label, link.name, link.href, link.icon, link.color))
+        if link:  # its name and address come from the stored config
+            related.append(LinkItem(link.label, displayable(link.name), displayable(link.href), link.icon, link.color))
     for asset_id in run.input_asset_ids or []:
         if not any(r.name == str(asset_id) for r in related):
             related.append(LinkItem("Asset", str(asset_id)[:8], f"/orgs/{slug}/assets/{asset_id}", "file", "blue"))
@@ -57,7 +59,7 @@ def _snapshot(run_id: str, scoped_slug: str | None, principal: Any) -> dict[str,
     children = queries.list_runs(queries.RunFilter(parent_run_id=run.id), limit=CHILD_WINDOW) if group else []
     from backend import audit
 
-    trail = [LinkItem(label=ts(e.at), name=f"{e.action} by {e.actor}") for e in audit.for_run(run.id)]
+    trail = [LinkItem(label=ts(e.at), name=displayable(f"{e.action} by {e.actor}")) for e in audit.for_run(run.id)]
     return {
         "audit": trail,
         "row": row,
@@ -125,13 +127,13 @@ class JobDetailState(rx.State):
     def _apply_snapshot(self, snap: dict[str, Any]) -> None:
         run, job_type = snap["run"], snap["job_type"]
         self.run = snap["row"]
-        self.error_message = run.error_message or ""
-        summary = run.results_summary or {}
+        self.error_message = displayable(run.error_message or "")
+        summary = displayable(run.results_summary or {})
         self.results = [LinkItem(label=k.replace("_", " "), name=str(v)) for k, v in summary.items()
                         if isinstance(v, (int, float, str, bool))]
-        self.results_json = pretty_json(summary)
-        self.config_json = pretty_json(run.config)
-        self.progress_json = pretty_json(run.progress)
+        self.results_json = pretty_json(run.results_summary, SHOW_JSON_CHARS)
+        self.config_json = pretty_json(run.config, SHOW_JSON_CHARS)
+        self.progress_json = pretty_json(run.progress, SHOW_JSON_CHARS)
         self.timestamps = _facts([
             ("Created", ts(run.created_at)), ("Submitted", ts(run.submitted_at)), ("Started", ts(run.started_at)),
             ("Completed", ts(run.completed_at)), ("Duration", duration(run.started_at, run.completed_at)),
@@ -172,6 +174,7 @@ class JobDetailState(rx.State):
         return self._toasts(mine)
 
     def _apply_progress(self, progress: dict[str, Any]) -> None:
+        progress = displayable(progress)
         percent = progress.get("percent")
         self.run = dataclasses.replace(
             self.run,
@@ -181,7 +184,7 @@ class JobDetailState(rx.State):
             counter=counter_text(progress),
             current_item=progress.get("current_item") or "",
         )
-        self.progress_json = pretty_json(progress)
+        self.progress_json = pretty_json(progress, SHOW_JSON_CHARS)
 
     def _toasts(self, events: list[dict[str, Any]]) -> list[Any]:
         out = []

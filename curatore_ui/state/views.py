@@ -1,6 +1,8 @@
 """Plain data the pages show, built from engine records by pure functions.
 
-States hold these (small windows of them), never ORM objects.
+States hold these (small windows of them), never ORM objects. Every builder passes what it takes from a stored
+record through :func:`backend.validation.displayable`, so a row written before the input checks (a lone
+surrogate, say) is shown with U+FFFD instead of breaking the page's state update for everyone.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any
 from backend.db.models import Run, RunLogEvent
 from backend.queues.registry import get_registry
 from backend.runs.states import RunStatus
+from backend.validation import displayable, size_text
+
+SHOW_JSON_CHARS = 64 * 1024  # of a config or results shown as raw JSON: more is cut, with a note
 
 
 @dataclasses.dataclass
@@ -115,8 +120,16 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str) if value not in (None, {}) else ""
+def pretty_json(value: Any, limit: int | None = None) -> str:
+    """Indented JSON of a stored value (``""`` for none), cut after ``limit`` characters with a note that
+    says how much there was: a huge stored config must not be pushed whole to every browser that opens it."""
+    if value in (None, {}):
+        return ""
+    text = json.dumps(displayable(value), indent=2, sort_keys=True, default=str)
+    if limit is None or len(text) <= limit:
+        return text
+    return (f"{text[:limit]}\n\u2026 (cut: {size_text(len(text.encode()))} in all; "
+            f"the first {size_text(limit)} are shown)")
 
 
 def counter_text(progress: dict[str, Any]) -> str:
@@ -152,7 +165,7 @@ def run_row(
     percent = progress.get("percent")
     children = children or {}
     caps = job_type.capabilities if job_type else None
-    return RunRow(
+    return RunRow(**displayable(dict(
         id=str(run.id),
         short_id=str(run.id)[:8],
         run_type=run.run_type,
@@ -185,11 +198,12 @@ def run_row(
         can_retry=bool(caps and caps.retry and status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED)),
         can_boost=bool(caps and caps.boost and status in (RunStatus.PENDING, RunStatus.SUBMITTED) and run.priority < 4),
         can_kill=status in (RunStatus.RUNNING, RunStatus.CANCELLING, RunStatus.STALE),
-    )
+    )))
 
 
 def log_line(event: RunLogEvent | dict[str, Any]) -> LogLine:
     if isinstance(event, dict):
+        event = displayable(event)
         context = event.get("context") or {}
         created = event.get("created_at")
         return LogLine(

@@ -7,6 +7,7 @@ gate file the test creates: the signal that lets a test stop a procedure between
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import pytest
 
 from backend import procedures
 from backend.db.engine import in_transaction
-from backend.errors import InvalidTransition
+from backend.errors import InvalidConfig, InvalidTransition
 from backend.queues.dispatch import submit_run
 from backend.runs.queries import RunFilter, get_logs, get_run, group_for, list_runs
 from backend.runs.states import RunStatus
+from tests.conftest import reset_process_state, restore_environ
 
 pytestmark = pytest.mark.integration
 S = RunStatus
@@ -47,7 +49,21 @@ procedures.define_procedure(
 
 
 @pytest.fixture
-def pworker(start_worker):  # type: ignore[no-untyped-def]
+def test_types(backend):  # type: ignore[no-untyped-def]
+    """The test job types in this process too, as in the workers: a pipeline's stages are validated when it
+    is submitted."""
+    saved = {k: os.environ.get(k) for k in WORKER_ENV}
+    os.environ.update(WORKER_ENV)
+    reset_process_state()
+    try:
+        yield
+    finally:
+        restore_environ(saved)
+        reset_process_state()
+
+
+@pytest.fixture
+def pworker(test_types, start_worker):  # type: ignore[no-untyped-def]
     return start_worker(extra_env=WORKER_ENV)
 
 
@@ -210,13 +226,13 @@ def test_failing_stage_fails_the_pipeline(backend, org, pworker):
     assert [e.event_type for e in events(run.id)].count("error") == 1
 
 
-def test_invalid_stage_fails_before_anything_starts(backend, org, pworker):
+def test_invalid_stage_is_refused_at_submit(backend, org, test_types):
     config = {"stages": [{"run_type": "test_steps", "config": {"steps": 1}},
                          {"run_type": "extraction", "config": {"asset": "x"}}]}
-    done = wait_terminal(submit_run("pipeline", config, organization_id=org.id).id)
-    assert S(done.status) is S.FAILED
-    assert done.error_message.startswith("stage 2 (extraction) is not valid: Invalid config for extraction")
-    assert children(done.id) == []
+    with pytest.raises(InvalidConfig, match=r"^Invalid config for pipeline: config\.stages\.1\.config\.asset_id: "
+                                            r"Field required; config\.stages\.1\.config\.asset: Extra inputs"):
+        submit_run("pipeline", config, organization_id=org.id)
+    assert list_runs(RunFilter()) == []
 
 
 def test_cancelling_a_running_pipeline_cancels_its_running_stage(backend, org, pworker, tmp_path):
@@ -245,8 +261,8 @@ def test_cancelling_a_running_pipeline_cancels_its_running_stage(backend, org, p
     assert (group.expected, group.cancelled, group.finalized_at is not None) == (1, 1, True)
 
 
-def test_pipelines_waiting_on_their_stages_do_not_hold_the_slots_the_stages_need(backend, org, start_worker,
-                                                                                   tmp_path):
+def test_pipelines_waiting_on_their_stages_do_not_hold_the_slots_the_stages_need(backend, org, test_types,
+                                                                                   start_worker, tmp_path):
     """More pipelines than their queue has slots, with stages in that same queue: a pipeline waiting for its
     stage holds no worker process and no slot, so every stage gets to run and every pipeline completes."""
     overrides = tmp_path / "overrides.json"
