@@ -259,8 +259,9 @@ def test_cli_refuses_a_name_that_is_not_utf8(backend, org, tmp_path):
 
 
 def _bad_row(org: Organization) -> Run:
-    """A run whose stored config, name, error and log hold what the checks now refuse, written straight
-    through SQLAlchemy (SQLite stores a lone surrogate as a JSON escape and gives it back as one)."""
+    """A run whose stored config, results, progress and log hold what the checks now refuse, written straight
+    through SQLAlchemy: SQLite keeps a lone surrogate in a JSON column (as an escape, and gives it back as one;
+    a text column cannot hold one) and NUL anywhere."""
     run = service.create_run("procedure", {"procedure": "extract_missing"}, organization_id=org.id)
     deep: Any = "bottom"
     for _ in range(300):  # deeper than pydantic will serialize
@@ -270,9 +271,9 @@ def _bad_row(org: Organization) -> Run:
 
     def write(s: Any) -> None:
         s.execute(update(Run).where(Run.id == run.id).values(
-            config=bad, display_name="bad \udfff name", error_message="boom \ud800", results_summary={"k": "\udfff"},
+            config=bad, display_name="bad \x00 name", error_message="boom \x00", results_summary={"k": "\udfff"},
             progress={"phase": "p\udfff", "current_item": "\udc80", "percent": 10.0}))
-        s.add(RunLogEvent(run_id=run.id, event_type="note", message="log \udfff", context={"c": "\ud800"}))
+        s.add(RunLogEvent(run_id=run.id, event_type="note", message="log \x00", context={"c": "\ud800"}))
 
     in_transaction(write)
     return run
@@ -297,9 +298,9 @@ def test_a_stored_bad_row_does_not_break_the_api(sqlite_backend, tmp_path):
             r = api.get(PREFIX + path, headers=headers)
             assert r.status_code == 200, (path, r.status_code, r.text[:300])
         one = api.get(f"{PREFIX}/runs/{run.id}", headers=headers).json()
-    assert one["display_name"] == "bad \ufffd name"
+    assert one["display_name"] == "bad \x00 name" and one["error_message"] == "boom \x00"  # NUL encodes in JSON
     assert one["config"]["params"]["x"] == "\ufffd" and one["config"]["params"]["\ufffd"] == ["\ufffd"]
-    assert one["error_message"] == "boom \ufffd"
+    assert one["results_summary"] == {"k": "\ufffd"} and one["progress"]["phase"] == "p\ufffd"
 
 
 def test_a_stored_bad_row_does_not_break_the_ui_builders(sqlite_backend, tmp_path):
@@ -313,7 +314,7 @@ def test_a_stored_bad_row_does_not_break_the_ui_builders(sqlite_backend, tmp_pat
     page = listing.page(listing.ListQuery(organization_id=org.id))
     rows = [run_row(r, org_slug=org.slug) for r in page.runs]
     _encodable([dataclasses.asdict(r) for r in rows])
-    assert any(r.name == "bad \ufffd name" for r in rows)
+    assert any(r.phase == "p\ufffd" and r.current_item == "\ufffd" for r in rows)
 
     root = users.create_user("root@example.com", PASSWORD, system_admin=True)
     snap = _snapshot(str(run.id), org.slug, Principal.of(root))
@@ -325,4 +326,5 @@ def test_a_stored_bad_row_does_not_break_the_ui_builders(sqlite_backend, tmp_pat
                 [dataclasses.asdict(i) for i in v] if isinstance(v, list) else v for k, v in vars(state).items()})
     assert len(state.config_json) < SHOW_JSON_CHARS + 200, len(state.config_json)
     assert "cut:" in state.config_json and "KiB in all" in state.config_json
-    assert any(line.message == "log \ufffd" for line in lines)
+    assert any(line.event_type == "note" and '"\\ufffd"' in line.context for line in lines)
+    assert state.results == [dataclasses.replace(state.results[0], name="\ufffd")]
