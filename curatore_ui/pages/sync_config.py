@@ -139,7 +139,7 @@ def _form() -> rx.Component:
                   width="100%", align="center"),
         rx.hstack(rx.text("Connection", size="2", width="7rem"),
                   rx.select(S.connections, value=S.connection, on_change=S.set_connection,
-                            placeholder="No SharePoint connection", data_testid="connection"),
+                            placeholder="No SharePoint connection"),
                   width="100%", align="center"),
         rx.hstack(
             rx.checkbox("Full resync (ignore the delta link)", checked=S.full_resync, on_change=S.set_full_resync),

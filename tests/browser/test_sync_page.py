@@ -34,7 +34,7 @@ def test_sync_page_child_grid_counts_up(app, page, drive):  # type: ignore[no-un
     held = drive.hold(r"/content|/download", after=0)  # the sync waits at its first download
     page.goto(f"{app.url}/orgs/demo/syncs/handbook")
     page.fill("[data-testid=drive-id]", "drive-browser")
-    expect(page.locator("[data-testid=connection]")).to_contain_text("default")  # a name, never a URL
+    expect(page.get_by_role("combobox")).to_have_text("default")  # the connection: a name, never a URL
     page.click("[data-testid=start-sync]")
     job = page.locator("[data-testid=panel-job]")
     expect(job).to_contain_text("SharePoint Sync")
