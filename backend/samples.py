@@ -53,10 +53,12 @@ def start_samples(organization_id: uuid.UUID, created_by: str = "demo", system_a
     export = _store(organization_id, EXPORTS_DIR / "salesforce-export.zip")
     start("salesforce_import", {"asset_id": str(export.id)}, "Sample Salesforce export")
     start("procedure", {"procedure": "verify_assets"}, "Verify stored files")
+    # The pipeline's stages work on files of their own: a stage on a file (or a procedure) that another sample
+    # is still busy with would be refused as a duplicate, and fail the pipeline.
+    staged = [_store(organization_id, p) for p in sample_files()[:2]]
     start("pipeline", {"name": "sample-pipeline", "stages": [
-        {"run_type": "extraction", "config": {"asset_id": str(assets[0].id)}},
-        {"run_type": "procedure", "config": {"procedure": "verify_assets"}},
-    ]}, "Extract, then verify")
+        {"run_type": "extraction", "config": {"asset_id": str(a.id)}} for a in staged
+    ]}, "Extract two files in turn")
     doomed = store_bytes(organization_id, "obsolete-draft.txt", b"An obsolete draft.\n", source="sample")
     start("deletion", {"resource_type": "asset", "resource_id": str(doomed.id)}, "Delete an obsolete draft")
     if system_admin:

@@ -135,8 +135,8 @@ class RunList(BaseModel):
 
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"run_type": "system_maintenance", "config": {"handlers": ["health"]}, "organization": "acme",
-         "priority": 2, "name": "Health report"},
+        {"run_type": "scrape", "config": {"start_url": "https://example.com/", "max_depth": 1},
+         "organization": "acme", "priority": 2, "name": "Crawl example.com"},
     ]})
 
     run_type: Text = Field(min_length=1, max_length=64, description="A registry key or alias")
@@ -304,6 +304,9 @@ class JobTypeOut(BaseModel):
     cancel_cascade: Literal["queued", "all"]
     retry_policy: dict[str, float]
     aliases: list[str]
+    submit_role: Literal["viewer", "member", "admin"] = Field(
+        description="The least role in an organization that submits this type")
+    system_only: bool = Field(description="Only system admins submit it; its runs belong to no organization")
     description: str
     config_schema: dict[str, Any]
 
