@@ -14,6 +14,7 @@ from backend.db.engine import in_transaction
 from backend.db.models import Organization, Run, RunGroup, RunLogEvent
 from backend.errors import RunNotFound
 from backend.runs.states import RunStatus
+from backend.validation import displayable
 
 
 def get_run(run_id: uuid.UUID | str, session: Session | None = None) -> Run:
@@ -101,12 +102,11 @@ def org_slug(organization_id: uuid.UUID, session: Session | None = None) -> str:
 
 
 def run_dict(run: Run) -> dict[str, Any]:
-    """A run as plain JSON-friendly data."""
-    data = run.model_dump(mode="json")
+    """A run as plain JSON-friendly data that always encodes (an old row's unencodable text is replaced)."""
+    data = displayable(run.model_dump(mode="json"))
     data["status"] = RunStatus(run.status).value
     return data
 
 
 def log_dict(event: RunLogEvent) -> dict[str, Any]:
-    data = event.model_dump(mode="json")
-    return data
+    return displayable(event.model_dump(mode="json"))
