@@ -31,7 +31,10 @@ class Channel(_Channel):
             if engine.url.database and engine.url.database != ":memory:":
                 from backend.db.engine import private_file
 
-                private_file(Path(engine.url.database))  # queued messages carry run ids and configs
+                try:
+                    private_file(Path(engine.url.database))  # queued messages carry run ids and configs
+                except OSError:
+                    pass  # a path that cannot be a file: SQLite's own error says so when the broker opens it
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
