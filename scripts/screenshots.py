@@ -84,6 +84,10 @@ def main() -> None:
             page.wait_for_selector("[data-testid=worker-row]")
             time.sleep(1)
             page.screenshot(path=str(OUT / "queues.png"), full_page=True)
+            page.goto(f"{ui.url}/orgs/demo/syncs/contracts-drive")
+            page.wait_for_selector("[data-testid=start-sync]")
+            time.sleep(1)
+            page.screenshot(path=str(OUT / "sync.png"), full_page=True)
             browser.close()
         for n in range(7, 11):
             (gate / str(n)).touch()
