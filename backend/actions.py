@@ -3,23 +3,76 @@
 The UI, the REST API and the CLI call these; none of them checks roles or writes the audit log itself.
 Who may submit what is the job type's rule (:meth:`Principal.require_submit`), checked here for a submit, a
 retry, and every stage a pipeline names, before anything is written.
+
+Every action (decorated :func:`action`, listed in ``ACTIONS``) writes an audit entry: ``<name>`` with its
+details when it is carried out, ``<name>_refused`` with the ``reason`` (and the error ``code``) when it is
+refused. The other public functions (``READS``) only look things up.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from backend import audit, schedules
+from backend.auth import manage, users
 from backend.auth.access import Forbidden, Principal
 from backend.auth.orgs import system_org
-from backend.db.models import Run, ScheduledTask
-from backend.errors import RunNotFound
+from backend.db.engine import in_transaction
+from backend.db.models import ApiToken, Run, ScheduledTask, User
+from backend.errors import CuratoreError, NotFound, RunNotFound
 from backend.queues import dispatch, priority
 from backend.queues.configs import PipelineConfig
 from backend.queues.registry import JobType, get_registry
 from backend.runs import cancellation, queries, service
 from backend.runs.states import RunStatus
+from backend.validation import storable
+
+F = TypeVar("F", bound=Callable[..., Any])
+ACTIONS: dict[str, Callable[..., Any]] = {}
+READS = ("visible_run", "require_submit", "visible_schedule", "visible_user", "shown_log_context", "action")
+# The arguments a refused entry names (never a password or a config).
+_NAMED = ("run_id", "organization_id", "run_type", "name", "email", "org_id", "role", "token_id")
+
+
+def action(fn: F) -> F:
+    """Audit ``fn``'s refusal (a :class:`CuratoreError`) as ``<name>_refused`` with the reason, then re-raise;
+    ``fn`` itself audits what it carried out."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(principal: Principal, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(principal, *args, **kwargs)
+        except CuratoreError as exc:
+            bound = signature.bind_partial(principal, *args, **kwargs).arguments
+            named = {k: storable(str(v))[:320] for k, v in bound.items() if k in _NAMED and v is not None}
+            audit.record(principal.name, f"{fn.__name__}_refused", run_id=_uuid(named.pop("run_id", None)),
+                         organization_id=_uuid(named.pop("organization_id", None)), reason=exc.message,
+                         code=exc.code, **named)
+            raise
+
+    ACTIONS[fn.__name__] = wrapper
+    return wrapper  # type: ignore[return-value]
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def shown_log_context(context: dict[str, Any] | None, *, system_admin: bool) -> dict[str, Any]:
+    """A log event's context as this reader may see it: the server traceback (file paths, code) only for system
+    admins; everyone else reads the event's message. The API and the job page both call this."""
+    context = dict(context or {})
+    if not system_admin:
+        context.pop("traceback", None)
+    return context
 
 
 def visible_run(principal: Principal, run_id: uuid.UUID | str) -> Run:
@@ -30,6 +83,7 @@ def visible_run(principal: Principal, run_id: uuid.UUID | str) -> Run:
     return run
 
 
+@action
 def submit(principal: Principal, run_type: str, config: dict[str, Any], organization_id: uuid.UUID,
            **kwargs: Any) -> Run:
     """Submit a run in the organization; a system-only type's run goes to the system organization instead
@@ -70,6 +124,7 @@ def _require_stages(principal: Principal, job_type: JobType, config: dict[str, A
         _require_stages(principal, stage_type, stage["config"], organization_id)
 
 
+@action
 def cancel(principal: Principal, run_id: uuid.UUID | str, reason: str | None = None) -> RunStatus:
     run = visible_run(principal, run_id)
     principal.require("cancel", run.organization_id)
@@ -79,6 +134,7 @@ def cancel(principal: Principal, run_id: uuid.UUID | str, reason: str | None = N
     return status
 
 
+@action
 def retry(principal: Principal, run_id: uuid.UUID | str) -> Run:
     run = visible_run(principal, run_id)
     principal.require("retry", run.organization_id)
@@ -88,6 +144,7 @@ def retry(principal: Principal, run_id: uuid.UUID | str) -> Run:
     return new
 
 
+@action
 def boost(principal: Principal, run_id: uuid.UUID | str) -> int:
     run = visible_run(principal, run_id)
     principal.require("boost", run.organization_id)
@@ -96,6 +153,7 @@ def boost(principal: Principal, run_id: uuid.UUID | str) -> int:
     return new_priority
 
 
+@action
 def force_kill(principal: Principal, run_id: uuid.UUID | str) -> bool:
     run = visible_run(principal, run_id)
     principal.require("force_kill", run.organization_id)
@@ -116,6 +174,7 @@ def visible_schedule(principal: Principal, name: str) -> ScheduledTask:
     return task
 
 
+@action
 def set_schedule_enabled(principal: Principal, name: str, enabled: bool) -> ScheduledTask:
     task = visible_schedule(principal, name)
     _require_manage(principal, task)
@@ -125,6 +184,7 @@ def set_schedule_enabled(principal: Principal, name: str, enabled: bool) -> Sche
     return task
 
 
+@action
 def trigger_schedule(principal: Principal, name: str) -> Run:
     task = visible_schedule(principal, name)
     _require_manage(principal, task)
@@ -140,3 +200,139 @@ def _require_manage(principal: Principal, task: ScheduledTask) -> None:
     job_type = get_registry().find(task.run_type)
     if job_type is not None:
         principal.require_submit(job_type, task.organization_id)
+
+
+# --------------------------------------------------------------------------- users and tokens
+# System admins manage every account. An organization's admins manage roles in it, and the accounts (disable,
+# password, sessions) of users who belong only to organizations they administer -- never a system admin's.
+# A user they share no organization with does not exist for them.
+
+
+def visible_user(principal: Principal, email: str) -> User:
+    """The user, if the principal may see them: themself, or someone in one of the principal's organizations."""
+    user = users.get_user(email)
+    if principal.is_system_admin or principal.user_id == user.id:
+        return user
+    if not {org.id for org, _ in users.memberships(user.id)} & set(principal.roles):
+        raise NotFound(f"No user {email}.")
+    return user
+
+
+def _require_account(principal: Principal, user: User) -> None:
+    """May the principal change this user's account as a whole?"""
+    if principal.is_system_admin:
+        return
+    if user.is_system_admin:
+        raise Forbidden("Only system admins change a system admin's account.")
+    orgs = [org.id for org, _ in users.memberships(user.id)]
+    if not orgs or any(principal.role_in(o) != "admin" for o in orgs):
+        raise Forbidden(f"{user.email} also belongs to organizations you do not administer: ask a system admin.")
+
+
+def _require_membership_change(principal: Principal, user: User, organization_id: uuid.UUID) -> None:
+    principal.require("manage", organization_id, "That organization")
+    if user.is_system_admin and not principal.is_system_admin:
+        raise Forbidden("Only system admins change a system admin's account.")
+
+
+@action
+def create_user(principal: Principal, email: str, password: str, *, name: str = "", system_admin: bool = False,
+                organization_id: uuid.UUID | None = None, role: str = "member") -> User:
+    """A new user (system admins; an organization's admins, into their organization)."""
+    if not principal.is_system_admin:
+        if system_admin or organization_id is None:
+            raise Forbidden("Only system admins create system admins or users outside an organization.")
+        principal.require("manage", organization_id, "That organization")
+    user = users.create_user(email, password, name=name, system_admin=system_admin)
+    if organization_id is not None:
+        users.set_role(user.id, organization_id, role)
+    audit.record(principal.name, "user_create", organization_id=organization_id, email=user.email,
+                 role=role if organization_id else None, system_admin=system_admin)
+    return user
+
+
+@action
+def set_user_disabled(principal: Principal, email: str, disabled: bool) -> dict[str, int]:
+    """Disable (sessions end, tokens revoked, sign-in refused) or enable a user."""
+    user = visible_user(principal, email)
+    if disabled and user.id == principal.user_id:
+        raise Forbidden("You cannot disable your own account.")
+    _require_account(principal, user)
+    ended = manage.set_disabled(user.id, disabled)
+    audit.record(principal.name, "user_disable" if disabled else "user_enable", email=user.email, **ended)
+    return ended
+
+
+@action
+def set_role(principal: Principal, email: str, organization_id: uuid.UUID, role: str) -> None:
+    """Give a user a role in the organization (adds the membership if needed)."""
+    user = visible_user(principal, email)
+    _require_membership_change(principal, user, organization_id)
+    users.set_role(user.id, organization_id, role)
+    audit.record(principal.name, "user_role", organization_id=organization_id, email=user.email, role=role)
+
+
+@action
+def remove_membership(principal: Principal, email: str, organization_id: uuid.UUID) -> None:
+    user = visible_user(principal, email)
+    _require_membership_change(principal, user, organization_id)
+    manage.remove_membership(user.id, organization_id)
+    audit.record(principal.name, "membership_remove", organization_id=organization_id, email=user.email)
+
+
+@action
+def reset_password(principal: Principal, email: str, password: str) -> None:
+    """Set another user's password; their sessions end."""
+    user = visible_user(principal, email)
+    _require_account(principal, user)
+    manage.set_password(user, password)
+    audit.record(principal.name, "password_reset", email=user.email)
+
+
+@action
+def end_user_sessions(principal: Principal, email: str) -> dict[str, int]:
+    """End every session of the user and revoke every token of theirs."""
+    user = visible_user(principal, email)
+    if user.id != principal.user_id:
+        _require_account(principal, user)
+    ended = manage.end_sessions(user.id)
+    audit.record(principal.name, "sessions_end", email=user.email, **ended)
+    return ended
+
+
+@action
+def change_password(principal: Principal, old_password: str, new_password: str) -> None:
+    """A user changes their own password; the old one is required (and its guesses count towards lockout)."""
+    if principal.user_id is None:
+        raise Forbidden("Only a signed-in user changes their own password.")
+    if users.authenticate(principal.name, old_password) is None:
+        raise Forbidden("The current password is not correct.")
+    manage.set_password(users.get_user(principal.name), new_password)
+    audit.record(principal.name, "password_change", email=principal.name)
+
+
+@action
+def create_token(principal: Principal, email: str, name: str, days: int | None = None) -> tuple[ApiToken, str]:
+    """A new API token for a user (themself, or anyone for a system admin); the secret is returned once."""
+    user = visible_user(principal, email)
+    if user.id != principal.user_id and not principal.is_system_admin:
+        raise Forbidden("Only system admins create tokens for someone else.")
+    token, secret = users.create_token(user.id, name, days)
+    audit.record(principal.name, "token_create", email=user.email, token_id=str(token.id), name=name)
+    return token, secret
+
+
+@action
+def revoke_token(principal: Principal, token_id: uuid.UUID | str) -> ApiToken:
+    """Revoke a token (its owner or a system admin); revoking it again changes nothing."""
+    try:
+        tid = uuid.UUID(str(token_id))
+    except ValueError:
+        raise CuratoreError(f"{token_id!r} is not a token id (a UUID, see `curatore tokens list EMAIL`).") from None
+    token = in_transaction(lambda s: s.get(ApiToken, tid))
+    if token is None or (token.user_id != principal.user_id and not principal.is_system_admin):
+        raise NotFound(f"No token {tid}.")
+    if token.revoked_at is None:
+        users.revoke_token(tid)
+    audit.record(principal.name, "token_revoke", token_id=str(tid), name=token.name)
+    return token

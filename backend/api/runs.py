@@ -182,7 +182,10 @@ def get_logs(
         events = queries.get_log_tail(run.id, limit=limit + 1, before_id=before)
         more, events = len(events) > limit, events[-limit:]
         cursor = events[-1].id if events else None
-    return LogPageOut(items=[LogOut.of(e) for e in events], next_cursor=cursor, has_more=more)
+    items = [LogOut.of(e) for e in events]
+    for item in items:  # the traceback only for system admins
+        item.context = actions.shown_log_context(item.context, system_admin=p.is_system_admin)
+    return LogPageOut(items=items, next_cursor=cursor, has_more=more)
 
 
 @router.get("/runs/{run_id}/children", response_model=PageOut, summary="A group parent's children")

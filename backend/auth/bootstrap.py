@@ -32,3 +32,9 @@ def ensure_first_admin(org: Organization, data_dir: Path) -> tuple[str, str | No
         out.write(password + "\n")
     os.chmod(note, 0o600)
     return FIRST_ADMIN, password
+
+
+def forget_first_admin_password(email: str, data_dir: Path) -> None:
+    """Once the first admin's password is changed, the note of the generated one is stale: remove it."""
+    if email == FIRST_ADMIN:
+        (data_dir / "first-admin.txt").unlink(missing_ok=True)

@@ -8,12 +8,15 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from backend import audit
+from backend.auth import lockout
 from backend.auth.orgs import refuse_members
 from backend.auth.passwords import digest, hash_password, new_secret, verify_password
 from backend.db.engine import in_transaction
 from backend.db.models import ApiToken, LoginSession, Membership, Organization, User
 from backend.db.types import utcnow
 from backend.errors import CuratoreError, NotFound
+from backend.validation import storable
 
 ROLES = ("viewer", "member", "admin")
 SESSION_HOURS = 12
@@ -68,14 +71,29 @@ def memberships(user_id: uuid.UUID) -> list[tuple[Organization, str]]:
     return [(org, role) for org, role in in_transaction(lambda s: s.execute(stmt).all())]
 
 
-def authenticate(email: str, password: str) -> User | None:
-    """The user with this email and password, or None (same answer for an unknown email)."""
-    user = in_transaction(lambda s: s.execute(select(User).where(User.email == email.strip().lower()))
-                          .scalar_one_or_none())
+def authenticate(email: str, password: str, address: str | None = None) -> User | None:
+    """The user with this email and password, or None (same answer for an unknown email or a disabled user).
+
+    Every password door calls this: it raises :class:`~backend.auth.lockout.TooManySignIns` while the account
+    or the source ``address`` is locked out, whatever the password, and counts each failure (see lockout)."""
+    email = storable(email.strip().lower())[:lockout.MAX_KEY]  # the driver could not send a NUL
+    address = storable(address) if address else None
+    try:
+        lockout.check(email, address)
+    except lockout.TooManySignIns as exc:
+        audit.record(email, "login_refused", reason=exc.message, address=address)
+        raise
+    user = in_transaction(lambda s: s.execute(select(User).where(User.email == email)).scalar_one_or_none())
     if user is None or user.disabled:
         verify_password(hash_password("timing-equalizer"), password)
+        user = None
+    elif not verify_password(user.password_hash, password):
+        user = None
+    if user is None:
+        lockout.failed(email, address)
         return None
-    return user if verify_password(user.password_hash, password) else None
+    lockout.succeeded(email)
+    return user
 
 
 # --------------------------------------------------------------------------- browser sessions

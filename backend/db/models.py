@@ -299,3 +299,15 @@ class AuditEntry(SQLModel, table=True):
     organization_id: uuid.UUID | None = None
     run_id: uuid.UUID | None = None
     details: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+
+
+class LoginFailure(SQLModel, table=True):
+    """One failed sign-in, counted per account and per source address (``scope``) by every process alike."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key", "scope", "key", "at"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    scope: str = Field(max_length=16)  # "account" (the email tried) or "address" (the client's IP)
+    key: str = Field(max_length=320)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)

@@ -94,6 +94,7 @@ class JobDetailState(rx.State):
     children: list[RunRow] = []
     notice: str = ""
     toasted: list[str] = []
+    _system_admin: bool = False  # server-side only: whether the log shows tracebacks
 
     @rx.event
     async def load(self):  # type: ignore[no-untyped-def]
@@ -112,8 +113,9 @@ class JobDetailState(rx.State):
             self.loading = False
             return None
         self.not_found = ""
+        self._system_admin = principal.is_system_admin
         self._apply_snapshot(snap)
-        self.logs = [log_line(e) for e in snap["logs"]]
+        self.logs = [log_line(e, self._system_admin) for e in snap["logs"]]
         self.hidden_logs = snap["hidden"]
         self.live_seq = seq
         self.loading = False
@@ -161,7 +163,7 @@ class JobDetailState(rx.State):
                 self._apply_progress(payload["progress"])
             logged = payload.get("event")
             if logged and (not self.logs or logged["id"] > self.logs[-1].id):
-                self.logs.append(log_line(logged))
+                self.logs.append(log_line(logged, self._system_admin))
         if len(self.logs) > LOG_WINDOW:
             self.hidden_logs += len(self.logs) - LOG_WINDOW
             self.logs = self.logs[-LOG_WINDOW:]

@@ -12,6 +12,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+from backend.actions import shown_log_context
 from backend.db.models import Run, RunLogEvent
 from backend.queues.registry import get_registry
 from backend.runs.states import RunStatus
@@ -201,10 +202,11 @@ def run_row(
     )))
 
 
-def log_line(event: RunLogEvent | dict[str, Any]) -> LogLine:
+def log_line(event: RunLogEvent | dict[str, Any], system_admin: bool = False) -> LogLine:
+    """One line of the job page's log; the traceback in its context only for a system admin."""
     if isinstance(event, dict):
         event = displayable(event)
-        context = event.get("context") or {}
+        context = shown_log_context(event.get("context"), system_admin=system_admin)
         created = event.get("created_at")
         return LogLine(
             id=int(event["id"]),
@@ -218,7 +220,7 @@ def log_line(event: RunLogEvent | dict[str, Any]) -> LogLine:
     return log_line({
         "id": event.id, "level": event.level.value, "event_type": event.event_type, "message": event.message,
         "context": event.context, "created_at": event.created_at.isoformat(),
-    })
+    }, system_admin)
 
 
 def route_params(path: str) -> dict[str, str]:
