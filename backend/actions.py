@@ -50,9 +50,14 @@ def action(fn: F) -> F:
         except CuratoreError as exc:
             bound = signature.bind_partial(principal, *args, **kwargs).arguments
             named = {k: storable(str(v))[:320] for k, v in bound.items() if k in _NAMED and v is not None}
-            audit.record(principal.name, f"{fn.__name__}_refused", run_id=_uuid(named.pop("run_id", None)),
-                         organization_id=_uuid(named.pop("organization_id", None)), reason=exc.message,
-                         code=exc.code, **named)
+            run_id, org_id = named.pop("run_id", None), named.pop("organization_id", None)
+            if isinstance(exc, NotFound):
+                # Outside its organizations the target does not exist for the principal: the attempt goes to
+                # the system-wide log only (naming the id it tried), never into another tenant's audit log.
+                named.update({f"target_{k}": v for k, v in (("run_id", run_id), ("organization_id", org_id)) if v})
+                run_id = org_id = None
+            audit.record(principal.name, f"{fn.__name__}_refused", run_id=_uuid(run_id),
+                         organization_id=_uuid(org_id), reason=exc.message, code=exc.code, **named)
             raise
 
     ACTIONS[fn.__name__] = wrapper

@@ -272,11 +272,15 @@ def test_roles_viewer_reads_member_acts_admin_kills_and_everything_is_audited(ap
     assert killed == {"run_id": retried["id"], "applied": True, "status": "failed"}
     assert api.ok("root", "POST", f"/runs/{retried['id']}/force-kill")["applied"] is False
 
-    trail = api.ok("a_viewer", "GET", f"/runs/{rid}/audit")["items"]
+    audited = api.ok("a_viewer", "GET", f"/runs/{rid}/audit")["items"]
+    trail = [e for e in audited if not e["action"].endswith("_refused")]
     assert [(e["action"], e["actor"]) for e in trail] == [
         ("submit", "a_member@example.com"), ("boost", "a_member@example.com"),
         ("cancel", "a_member@example.com"), ("retry", "a_member@example.com")]
     assert trail[1]["details"]["priority"] == 3 and trail[3]["details"]["new_run"] == retried["id"]
+    refused = {(e["action"], e["actor"]): e["details"] for e in audited if e["action"].endswith("_refused")}
+    assert refused[("force_kill_refused", "a_member@example.com")]["code"] == "forbidden"
+    assert refused[("cancel_refused", "a_viewer@example.com")]["reason"].startswith("Your role (viewer)")
     assert [(e["action"], e["actor"], e["details"]["applied"])
             for e in api.ok("a_viewer", "GET", f"/runs/{retried['id']}/audit")["items"]] == [
         ("force_kill", "a_admin@example.com", True), ("force_kill", "root@example.com", False)]
@@ -454,5 +458,5 @@ def test_cancel_bulk_cancel_force_kill_and_retry_of_running_runs(api, worker):  
         api.wait_status("a_viewer", rid, "cancelled")
     actions = [e["action"] for e in api.ok("a_viewer", "GET", f"/runs/{retry['id']}/audit")["items"]]
     assert actions == ["cancel"]
-    assert [e["action"] for e in api.ok("a_viewer", "GET", f"/runs/{second}/audit")["items"]] == \
-        ["submit", "force_kill", "retry"]
+    assert [e["action"] for e in api.ok("a_viewer", "GET", f"/runs/{second}/audit")["items"]
+            if not e["action"].endswith("_refused")] == ["submit", "force_kill", "retry"]
