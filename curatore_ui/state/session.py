@@ -8,14 +8,31 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import reflex as rx
 
 from backend.auth import users
 from backend.auth.access import Principal
+from backend.errors import CuratoreError
 
 SESSION_COOKIE = "curatore_session"
+
+
+def safe_next(target: str) -> str:
+    """Where to go after signing in: ``target`` if it is a path of this site, else ``/``. Browsers read ``\\`` as
+    ``/`` and drop tabs and newlines, so ``/\\evil.example`` or ``/%5Cevil.example`` would leave the site: refused,
+    as is anything whose decoded form is not a plain absolute path (``//host``, ``/%2F…``, a scheme, control
+    characters)."""
+    decoded = target
+    for _ in range(3):  # a doubly encoded %255C is still a backslash to someone
+        decoded = unquote(decoded)
+    if not target.startswith("/") or not decoded.startswith("/") or decoded.startswith("//"):
+        return "/"
+    if "\\" in decoded or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c.isspace() for c in decoded):
+        return "/"
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else "/"
 
 
 def _principal(secret: str) -> Principal | None:
@@ -43,15 +60,19 @@ class SessionState(rx.State):
 
     @rx.event
     async def log_in(self, form: dict[str, Any]):  # type: ignore[no-untyped-def]
-        user = await asyncio.to_thread(users.authenticate, str(form.get("email", "")), str(form.get("password", "")))
+        try:
+            user = await asyncio.to_thread(users.authenticate, str(form.get("email", "")),
+                                           str(form.get("password", "")), self.router.session.client_ip or None)
+        except CuratoreError as exc:  # locked out: "try again in N s"
+            self.login_error = exc.message
+            return None
         if user is None:
             self.login_error = "That email and password do not match."
             return None
         self.secret = await asyncio.to_thread(users.start_session, user.id)
         self.login_error = ""
         await self.principal()
-        target = str(self.router.url.query_parameters.get("next", "")) or "/"
-        return rx.redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+        return rx.redirect(safe_next(str(self.router.url.query_parameters.get("next", ""))))
 
     @rx.event
     async def log_out(self):  # type: ignore[no-untyped-def]
