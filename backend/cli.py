@@ -4,34 +4,70 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import uuid
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from backend.config import get_settings
 from backend.errors import CuratoreError, DatabaseUnavailable
 from backend.runs.states import RunStatus
 
 
+# What must not reach a terminal raw: C0 and C1 controls (ESC sequences, BEL, carriage returns that overwrite a
+# line) and the bidi controls that make text read otherwise than it is stored (U+202E...).
+UNSAFE_FOR_TERMINAL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: object, *, multiline: bool = False) -> str:
+    """Stored text (names, messages, errors: anyone who can submit wrote them) as it may be printed: unsafe
+    characters written as ``\\xNN`` / ``\\uXXXX``; newlines kept only where ``multiline`` (a traceback)."""
+    def escaped(m: re.Match[str]) -> str:
+        char = m.group()
+        if multiline and char in "\n\t":
+            return char
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+    return UNSAFE_FOR_TERMINAL.sub(escaped, str(text))
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A settings variable that does not validate, in one line naming the variables (never their values)."""
+    problems = "; ".join(f"CURATORE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                         for e in exc.errors(include_url=False, include_input=False, include_context=False))
+    return f"invalid settings: {problems}"
+
+
 class CuratoreGroup(click.Group):
-    """Turns the engine's errors into one clear line and exit status 2, never a traceback."""
+    """Turns the engine's errors, and settings that do not validate, into one clear line and exit status 2,
+    never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CuratoreError as exc:
-            one_line = " ".join(exc.message.split())  # a driver's message may span lines (psycopg's does)
-            click.secho(f"error: {one_line}", fg="red", err=True)
-            sys.exit(2)
+            self.exit_in_one_line(exc.message)
+        except ValidationError as exc:
+            if exc.title != "Settings":
+                raise
+            self.exit_in_one_line(settings_error(exc))
+
+    @staticmethod
+    def exit_in_one_line(message: str) -> None:
+        one_line = " ".join(message.split())  # a driver's message may span lines (psycopg's does)
+        click.secho(f"error: {shown(one_line)}", fg="red", err=True)
+        sys.exit(2)
 
 
 @click.group(cls=CuratoreGroup)
 def main() -> None:
     """Curatore Jobs: tracked background runs with a live admin UI."""
     os.umask(0o077)  # whatever this process and its children create (databases, assets, logs) is private
+    get_settings()  # settings that do not validate (a short secret in prod) stop every command, in one line
 
 
 @main.command()
@@ -181,15 +217,15 @@ def _follow(run_id: uuid.UUID, timeout: float) -> int:
     while True:
         for event in get_logs(run_id, after_id=after):
             after = event.id or after
-            click.echo(f"  {event.created_at:%H:%M:%S} {event.level.value:5} {event.event_type:16} {event.message}",
-                       err=True)
+            click.echo(f"  {event.created_at:%H:%M:%S} {event.level.value:5} {shown(event.event_type):16} "
+                       f"{shown(event.message)}", err=True)
         run = get_run(run_id)
         status = RunStatus(run.status)
         if status.is_terminal:
             color = "green" if status is RunStatus.COMPLETED else "red"
             click.secho(status.value, fg=color)
             if run.error_message:
-                click.echo(run.error_message, err=True)
+                click.echo(shown(run.error_message, multiline=True), err=True)
             return 0 if status is RunStatus.COMPLETED else 1
         if time.monotonic() > deadline:
             click.secho(f"still {status.value} after {timeout:.0f} s", fg="yellow", err=True)
@@ -212,8 +248,11 @@ def runs_list(org_slug: str | None, statuses: tuple[str, ...], run_types: tuple[
               as_json: bool) -> None:
     """The newest runs."""
     from backend.auth.orgs import get_org
+    from backend.queues.registry import get_registry
     from backend.runs.queries import RunFilter, list_runs, run_dict
 
+    for run_type in run_types:  # a typo is an error naming the known types, not an empty list
+        get_registry().resolve(run_type)
     flt = RunFilter(
         organization_id=get_org(org_slug).id if org_slug else None,
         statuses=tuple(RunStatus(s) for s in statuses),
@@ -225,8 +264,8 @@ def runs_list(org_slug: str | None, statuses: tuple[str, ...], run_types: tuple[
         return
     for r in rows:
         pct = r.progress.get("percent")
-        click.echo(f"{r.id}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.run_type:18} {RunStatus(r.status).value:10} "
-                   f"{'' if pct is None else f'{pct:5.1f}%'}  {r.display_name or ''}")
+        click.echo(f"{r.id}  {r.created_at:%Y-%m-%d %H:%M:%S}  {shown(r.run_type):18} {RunStatus(r.status).value:10} "
+                   f"{'' if pct is None else f'{pct:5.1f}%'}  {shown(r.display_name or '')}")
 
 
 @runs.command("show")
@@ -241,18 +280,19 @@ def runs_show(run_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"run": run_dict(run), "logs": [log_dict(e) for e in events]}, indent=2))
         return
-    click.echo(f"{run.id}  {run.run_type}  {RunStatus(run.status).value}")
+    click.echo(f"{run.id}  {shown(run.run_type)}  {RunStatus(run.status).value}")
     for key in ("display_name", "queue", "priority", "origin", "created_at", "started_at", "completed_at",
                 "error_message"):
         value = getattr(run, key)
         if value is not None:
-            click.echo(f"  {key:14} {getattr(value, 'value', value)}")
+            click.echo(f"  {key:14} {shown(getattr(value, 'value', value), multiline=key == 'error_message')}")
     click.echo(f"  {'progress':14} {json.dumps(run.progress)}")
     if run.results_summary:
         click.echo(f"  {'results':14} {json.dumps(run.results_summary)}")
     click.echo("log:")
     for e in events:
-        click.echo(f"  {e.created_at:%H:%M:%S.%f}"[:-3] + f" {e.level.value:5} {e.event_type:18} {e.message}")
+        click.echo(f"  {e.created_at:%H:%M:%S.%f}"[:-3]
+                   + f" {e.level.value:5} {shown(e.event_type):18} {shown(e.message)}")
 
 
 @main.group()
@@ -269,7 +309,7 @@ def orgs_create(slug: str, name: str | None) -> None:
     from backend.auth.orgs import ensure_org
 
     org = ensure_org(slug, name)
-    click.echo(f"{org.id}  {org.slug}  {org.name}")
+    click.echo(f"{org.id}  {org.slug}  {shown(org.name)}")
 
 
 # --------------------------------------------------------------------------- users and API tokens

@@ -6,6 +6,7 @@ engine calls ``os.getenv``; it asks :func:`get_settings`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,8 @@ from backend.errors import InvalidSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEV_SECRET = "dev-insecure-secret-change-me"
+MIN_SECRET_LENGTH = 32
+DEV_PUBLIC_URLS = ("http://localhost:3000", "http://127.0.0.1:3000")
 
 # --------------------------------------------------------------------------- connections
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
@@ -140,6 +143,16 @@ class Settings(BaseSettings):
     # the sample jobs use them.
     demo_servers_port: int | None = None
 
+    # Web edges. The origins the UI is opened at (the websocket refuses pages of any other origin, besides the
+    # server's own host); the dev defaults are `curatore dev --reload`'s frontend.
+    public_urls: list[str] = Field(default_factory=lambda: list(DEV_PUBLIC_URLS))
+    # Browser origins that may call the API cross-site (CORS); none by default.
+    cors_origins: list[str] = Field(default_factory=list)
+    # `/metrics`: a scraper sends `Authorization: Bearer <metrics_token>`, or comes from an address in
+    # metrics_allow (CIDRs; loopback only by default).
+    metrics_token: SecretStr | None = None
+    metrics_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+
     @field_validator("sharepoint_base_url", "sam_base_url", "forecast_base_url")
     @classmethod
     def _safe_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -158,9 +171,37 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'curatore.db'}"
         if not self.broker_url:
             self.broker_url = f"curatore-sqla+sqlite:///{self.data_dir / 'broker.db'}"
-        if self.env == "prod" and self.secret_key == DEV_SECRET:
-            raise ValueError("CURATORE_SECRET_KEY must be set to a real secret when CURATORE_ENV=prod")
+        self._check_secret()
         return self
+
+    def _check_secret(self) -> None:
+        """In prod, the secret that signs sessions must be a real one: an InvalidSettings (one line, never the
+        value) for an empty, short or default one."""
+        if self.env != "prod":
+            return
+        if self.secret_key == DEV_SECRET or len(self.secret_key.strip()) < MIN_SECRET_LENGTH:
+            raise InvalidSettings(f"CURATORE_SECRET_KEY must be a random secret of at least {MIN_SECRET_LENGTH} "
+                                  "characters when CURATORE_ENV=prod (python -c 'import secrets; "
+                                  "print(secrets.token_urlsafe(48))').")
+
+    @field_validator("public_urls", "cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+                raise InvalidSettings(f"CURATORE_{(info.field_name or '').upper()}: each entry must be an origin "
+                                      "such as https://jobs.example.com (scheme and host, no path).")
+        return [f"{urlsplit(u).scheme}://{urlsplit(u).netloc}".lower() for u in value]
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        try:
+            return [str(ipaddress.ip_network(net, strict=False)) for net in value]
+        except ValueError:
+            raise InvalidSettings("CURATORE_METRICS_ALLOW: each entry must be an address or a CIDR "
+                                  "such as 10.0.0.0/8.") from None
 
     @property
     def is_sqlite(self) -> bool:

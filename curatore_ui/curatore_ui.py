@@ -2,6 +2,8 @@
 
 import reflex as rx
 
+from backend.api.edges import origin_allowed
+from backend.config import get_settings
 from curatore_ui.api_mount import api
 from curatore_ui.live import bridge
 from curatore_ui.pages import asset, home, job_detail, jobs_list, login, queues, sync_config
@@ -10,6 +12,11 @@ from curatore_ui.pages.jobs_list_state import JobsListState
 from curatore_ui.state.session import SessionState
 
 app = rx.App(api_transformer=api)
+if app.sio is not None:
+    # The websocket (python-engineio checks this on every handshake): a page of a public URL, or of the host
+    # the server was reached at; a cross-site page is refused, CURATORE_CORS_ORIGINS or not.
+    app.sio.eio.cors_allowed_origins = lambda origin, environ: origin_allowed(
+        origin, environ.get("HTTP_HOST"), get_settings().public_urls)
 app.register_lifespan_task(bridge.run)
 
 app.add_page(home.index, route="/", title="Curatore Jobs", on_load=SessionState.home)

@@ -6,12 +6,13 @@ The Reflex backend mounts it through ``api_transformer`` (``curatore_ui/api_moun
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from backend.api import errors, queues, registry, runs, schedules
 from backend.api.deps import current_principal
-from backend.api.metrics import metrics_text
+from backend.api.edges import SecurityHeaders
+from backend.api.metrics import check_scraper, metrics_text
 from backend.validation import MAX_BODY_BYTES
 
 PREFIX = "/api/v1/ops"
@@ -36,6 +37,8 @@ def create_api() -> FastAPI:
                   swagger_ui_oauth2_redirect_url="/api/v1/docs/oauth2-redirect")
     errors.install(app)
     app.add_middleware(errors.BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(errors.ApiPaths)  # JSON 404/405 for every /api path, whatever is mounted behind
+    app.add_middleware(SecurityHeaders)
 
     ops = APIRouter(prefix=PREFIX, dependencies=[Depends(current_principal)])
     for module in (runs, queues, registry, schedules):
@@ -47,7 +50,8 @@ def create_api() -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        check_scraper(request)
         body, content_type = metrics_text()
         return Response(body, media_type=content_type)
 

@@ -2,7 +2,8 @@
 
 - The engine's :class:`~backend.errors.CuratoreError` keeps its own ``code`` and ``http_status``.
 - A request that does not validate (path, query or body) is 422 ``invalid_request``, naming the field.
-- Routing errors (unknown path, wrong method) keep their status, with a JSON body; a body over
+- Routing errors (unknown path, wrong method) keep their status, with a JSON body, for every ``/api`` path
+  (:class:`ApiPaths`; ``GET /runs/bulk-cancel`` is a 405, not an invalid run id); a body over
   :data:`~backend.validation.MAX_BODY_BYTES` is 413 ``too_large`` before it is read or parsed, and one nested
   too deep for the JSON parser is 422, as any other invalid body.
 - A message never carries a character that cannot be encoded (it may quote the input): see ``error_response``.
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.errors import CuratoreError, UnknownRunType
@@ -121,6 +123,51 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request, *, others_only: bool = False) -> list[str]:
+    """The methods some route of the app answers at this request's path (only other methods than the request's
+    when ``others_only``): what a 405's ``Allow`` names. Each method is probed through the routes' own
+    ``matches``, so included routers count as the app routes them; a Mount (the Reflex app behind the API)
+    answers any path and method, so it does not count."""
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]
+    found = []
+    for method in METHODS:
+        if others_only and method in (request.method, "HEAD"):
+            continue
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in routes):
+            found.append(method)
+    return found
+
+
+def method_not_allowed(request: Request, methods: list[str]) -> JSONResponse:
+    return error_response(405, "method_not_allowed", f"{request.method} is not allowed here; use {', '.join(methods)}.",
+                          {"Allow": ", ".join(methods)})
+
+
+class ApiPaths:
+    """ASGI middleware: a request for an ``/api`` path that no route of the app answers is a JSON 404, or a 405
+    (with ``Allow``) when the path has routes for other methods, here; never passed on to the Reflex app mounted
+    behind the API, whose answers are HTML or plain text. Routes are read per request (tests add some later)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/api" or path.startswith("/api/")):
+            request = Request(scope)
+            methods = allowed_methods(request)
+            if request.method not in methods:
+                response = (method_not_allowed(request, methods) if methods
+                            else error_response(404, "not_found", f"No such API path: {path}"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CuratoreError)
     async def curatore_error(request: Request, exc: CuratoreError) -> JSONResponse:
@@ -129,6 +176,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # GET /runs/bulk-cancel matched GET /runs/{run_id} and failed its path parameter; but the path is a route
+        # of its own, for another method: a wrong method, not a wrong id.
+        if any(e.get("loc", ("",))[0] == "path" for e in exc.errors()) and (
+                others := allowed_methods(request, others_only=True)):
+            return method_not_allowed(request, others)
         return error_response(422, "invalid_request", describe_validation(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)

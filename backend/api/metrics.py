@@ -7,6 +7,9 @@
 - ``curatore_outbox_newest_seq`` and ``curatore_outbox_age_seconds``: the newest live-update event and its age
   (how far the live bridge's cursor lags is measured UI-side).
 - ``curatore_workers_online`` and ``curatore_database_up``.
+
+Only a scraper may read them (:func:`check_scraper`): one sending ``CURATORE_METRICS_TOKEN`` as a bearer
+token, or one at an address of ``CURATORE_METRICS_ALLOW`` (loopback only by default).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -22,12 +26,18 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 
+from backend.api.edges import metrics_allowed
+from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import OutboxEvent, Run
 from backend.db.types import utcnow
+from backend.errors import CuratoreError
 from backend.queues import stats, workers
 from backend.queues.registry import get_registry
 from backend.runs.states import RunStatus
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 log = logging.getLogger("curatore.metrics")
 
@@ -35,6 +45,24 @@ DURATION_WINDOW = timedelta(hours=24)
 DURATION_SAMPLE = 20_000
 BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED)
+
+
+class MetricsRefused(CuratoreError):
+    """Metrics are for the configured scraper: send its bearer token (CURATORE_METRICS_TOKEN) or scrape from an
+    address of CURATORE_METRICS_ALLOW."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+def check_scraper(request: Request) -> None:
+    """Refuse (403, saying nothing of the metrics) a request neither holding the token nor from an allowed
+    address."""
+    settings = get_settings()
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    client = request.client.host if request.client else None
+    if not metrics_allowed(request.headers, client, token, settings.metrics_allow):
+        raise MetricsRefused()
 
 
 class DatabaseCollector(Collector):
