@@ -368,6 +368,68 @@ def users_role(email: str, org_slug: str, role: str) -> None:
     click.echo(f"{user.email}  {role} in {org.slug}")
 
 
+def _operator() -> Any:
+    """The CLI on the server acts as a system admin; its account actions are audited as ``cli``."""
+    from backend.auth.access import Principal
+
+    return Principal.system("cli")
+
+
+@users.command("disable")
+@click.argument("email")
+def users_disable(email: str) -> None:
+    """Refuse the user's sign-ins, end their sessions and revoke their tokens."""
+    from backend import actions
+
+    ended = actions.set_user_disabled(_operator(), email, True)
+    click.echo(f"{shown(email)}  disabled ({', '.join(f'{v} {k}' for k, v in ended.items()) or 'nothing to end'})")
+
+
+@users.command("enable")
+@click.argument("email")
+def users_enable(email: str) -> None:
+    """Let a disabled user sign in again (their old tokens stay revoked)."""
+    from backend import actions
+
+    actions.set_user_disabled(_operator(), email, False)
+    click.echo(f"{shown(email)}  enabled")
+
+
+@users.command("remove")
+@click.argument("email")
+@click.option("--org", "org_slug", required=True, help="The organization to remove the user from.")
+def users_remove(email: str, org_slug: str) -> None:
+    """Remove the user's membership (and role) in an organization."""
+    from backend import actions
+    from backend.auth.orgs import get_org
+
+    actions.remove_membership(_operator(), email, get_org(org_slug).id)
+    click.echo(f"{shown(email)}  removed from {shown(org_slug)}")
+
+
+@users.command("reset-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of standard input.")
+def users_reset_password(email: str, password_stdin: bool) -> None:
+    """Set a user's password (asked for, or read from stdin); their sessions end."""
+    from backend import actions
+
+    password = (sys.stdin.readline().rstrip("\r\n") if password_stdin
+                else click.prompt("New password", hide_input=True, confirmation_prompt=True))
+    actions.reset_password(_operator(), email, password)
+    click.echo(f"{shown(email)}  password reset; their sessions ended")
+
+
+@users.command("end-sessions")
+@click.argument("email")
+def users_end_sessions(email: str) -> None:
+    """End every session of the user and revoke every token of theirs."""
+    from backend import actions
+
+    ended = actions.end_user_sessions(_operator(), email)
+    click.echo(f"{shown(email)}  {', '.join(f'{v} {k}' for k, v in ended.items()) or 'nothing to end'}")
+
+
 @users.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def users_list(as_json: bool) -> None:

@@ -107,3 +107,37 @@ def test_a_token_is_shown_once_stored_hashed_and_revoked_for_the_api(backend, or
     refused(curatore(backend, "tokens", "revoke", "not-a-uuid"), "'not-a-uuid' is not a token id")
     refused(curatore(backend, "tokens", "revoke", "00000000-0000-0000-0000-000000000000"), "No token")
     refused(curatore(backend, "tokens", "create", "nobody@example.com", "--name", "x"), "No user")
+
+
+def test_an_operator_locks_a_user_out_from_the_cli(backend):
+    """disable ends the sessions and tokens and refuses sign-in; enable lets the user back in (not their old
+    tokens); reset-password and end-sessions; remove takes a membership away; each is audited as ``cli``."""
+    from backend import audit
+    from backend.auth.users import start_session, user_for_session, user_for_token
+
+    ok(curatore(backend, "orgs", "create", "lockout-org"))
+    ok(curatore(backend, "users", "create", "mallory@example.com", "--password-stdin", "--org", "lockout-org",
+                "--role", "member", stdin="first password 1\n"))
+    user = get_user("mallory@example.com")
+    token = ok(curatore(backend, "tokens", "create", "mallory@example.com", "--name", "laptop")).strip().splitlines()[-1]
+    session = start_session(user.id)
+    assert user_for_token(token) is not None and user_for_session(session) is not None
+
+    assert "disabled" in ok(curatore(backend, "users", "disable", "mallory@example.com"))
+    assert user_for_token(token) is None and user_for_session(session) is None
+    assert authenticate("mallory@example.com", "first password 1") is None
+    ok(curatore(backend, "users", "enable", "mallory@example.com"))
+    assert authenticate("mallory@example.com", "first password 1") is not None
+    assert user_for_token(token) is None  # the old token stays revoked
+
+    session = start_session(user.id)
+    ok(curatore(backend, "users", "reset-password", "mallory@example.com", "--password-stdin",
+                stdin="second password 2\n"))
+    assert user_for_session(session) is None
+    assert authenticate("mallory@example.com", "first password 1") is None
+    assert authenticate("mallory@example.com", "second password 2") is not None
+
+    ok(curatore(backend, "users", "remove", "mallory@example.com", "--org", "lockout-org"))
+    assert memberships(user.id) == []
+    done = [e.action for e in audit.recent(None, 50) if e.actor == "cli"]
+    assert {"user_disable", "user_enable", "password_reset", "membership_remove"} <= set(done)
