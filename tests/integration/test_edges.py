@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,13 @@ from tests.integration.test_cli import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.integration
 EVIL = "https://evil.example"
+
+
+def run_async(fn: Any, *args: Any) -> Any:
+    """``anyio.run(fn, *args)`` in a thread of its own: an earlier test in this process (Playwright's sync API)
+    may leave an event loop marked running in the main thread, where anyio.run would refuse to start."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(anyio.run, fn, *args).result()
 
 
 def whole_app() -> Starlette:
@@ -87,7 +95,7 @@ async def handshake(app: Any, origin: str | None) -> list[dict[str, Any]]:
     ("http://localhost:3000", True), ("http://127.0.0.1:8000", True),
 ])
 def test_the_websocket_refuses_a_foreign_origin(sqlite_backend, origin: str, accepted: bool) -> None:  # type: ignore
-    first = anyio.run(handshake, whole_app(), origin)[0]
+    first = run_async(handshake, whole_app(), origin)[0]
     assert first["type"] == ("websocket.accept" if accepted else "websocket.close"), first
 
 
@@ -159,7 +167,7 @@ def metrics_from(client_addr: str, headers: dict[str, str] | None = None) -> htt
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             return await c.get("/metrics", headers=headers or {})
 
-    return anyio.run(get)
+    return run_async(get)
 
 
 def test_metrics_take_only_the_token_or_an_allowed_address(sqlite_backend, env, request) -> None:  # type: ignore
