@@ -23,12 +23,12 @@ from backend.auth.access import Forbidden, Principal
 from backend.auth.orgs import system_org
 from backend.db.engine import in_transaction
 from backend.db.models import ApiToken, Run, ScheduledTask, User
+from backend.db.states import RunStatus
 from backend.errors import CuratoreError, NotFound, RunNotFound
+from backend.jobtypes.configs import PipelineConfig
+from backend.jobtypes.registry import JobType, get_registry
 from backend.queues import dispatch, priority
-from backend.queues.configs import PipelineConfig
-from backend.queues.registry import JobType, get_registry
 from backend.runs import cancellation, queries, service
-from backend.runs.states import RunStatus
 from backend.validation import storable
 
 F = TypeVar("F", bound=Callable[..., Any])

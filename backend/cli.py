@@ -13,10 +13,22 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from backend import actions
+from backend.auth.access import Principal
+from backend.auth.orgs import check_slug, ensure_org, get_org, refuse_members
+from backend.auth.users import create_token, create_user, get_user, memberships, revoke_token, set_role
 from backend.config import get_settings
-from backend.errors import CuratoreError, DatabaseUnavailable
-from backend.runs.states import RunStatus
-
+from backend.db.engine import in_transaction
+from backend.db.migrate import upgrade
+from backend.db.models import ApiToken, User
+from backend.db.states import RunStatus
+from backend.db.types import utcnow
+from backend.devserver import run_dev
+from backend.errors import CuratoreError, DatabaseUnavailable, NotFound
+from backend.jobtypes.registry import get_registry
+from backend.runs.queries import RunFilter, get_logs, get_run, list_runs, log_dict, run_dict
+from backend.storage.assets import store_local_file
+from backend.validation import MAX_CONFIG_BYTES, MAX_NAME, check_input, check_text, parse_json
 
 # What must not reach a terminal raw: C0 and C1 controls (ESC sequences, BEL, carriage returns that overwrite a
 # line) and the bidi controls that make text read otherwise than it is stored (U+202E...).
@@ -75,7 +87,6 @@ def migrate() -> None:
     """Create or upgrade the database schema."""
     from sqlalchemy.exc import OperationalError
 
-    from backend.db.migrate import upgrade
 
     try:
         upgrade()
@@ -95,8 +106,6 @@ def migrate() -> None:
               help="Address the web app listens on (0.0.0.0 to reach it from other machines).")
 def dev(port: int, backend_port: int, no_ui: bool, reload: bool, host: str) -> None:
     """Everything in one process group on this machine: web app, worker, scheduler. Ctrl-C stops all."""
-    from backend.devserver import run_dev
-
     sys.exit(run_dev(port=port, backend_port=backend_port, ui=not no_ui, reload=reload, host=host))
 
 
@@ -107,13 +116,12 @@ def dev(port: int, backend_port: int, no_ui: bool, reload: bool, host: str) -> N
 @click.option("--name", "-n", default=None, help="Worker node name.")
 def worker(queues: str | None, concurrency: int | None, loglevel: str, name: str | None) -> None:
     """Run a Celery worker."""
-    from backend.worker.celery_app import celery_app
+    from backend.worker.celery_app import celery_app  # builds the worker's app from the settings main() checked
 
     celery_app.worker_main(_worker_argv(queues, concurrency, loglevel, name))
 
 
 def _worker_argv(queues: str | None, concurrency: int | None, loglevel: str, name: str | None) -> list[str]:
-    from backend.queues.registry import get_registry
 
     argv = ["worker", "--loglevel", loglevel, "-Q", queues or ",".join(get_registry().celery_queues())]
     if concurrency:
@@ -127,7 +135,7 @@ def _worker_argv(queues: str | None, concurrency: int | None, loglevel: str, nam
 @click.option("--loglevel", "-l", default="info", show_default=True)
 def scheduler(loglevel: str) -> None:
     """Run the scheduler (Celery beat)."""
-    from backend.worker.celery_app import celery_app
+    from backend.worker.celery_app import celery_app  # builds the worker's app from the settings main() checked
 
     settings = get_settings()
     settings.ensure_dirs()
@@ -147,11 +155,6 @@ def submit(
     wait: bool, timeout: float,
 ) -> None:
     """Submit a run. A local "path" (or "paths") in the config is stored as an asset first."""
-    from backend import actions
-    from backend.auth.access import Principal
-    from backend.queues.registry import get_registry
-    from backend.validation import MAX_CONFIG_BYTES, MAX_NAME, check_input, check_text, parse_json
-
     config = parse_json(config_json, "--config")
     if not isinstance(config, dict):
         raise CuratoreError("--config must be a JSON object.")
@@ -177,9 +180,6 @@ def submit(
 def _submit_org(org_slug: str | None) -> Any:
     """The organization --org names, which must exist (a typo creates nothing); without --org, the default
     organization, created on first use."""
-    from backend.auth.orgs import check_slug, ensure_org, get_org
-    from backend.errors import NotFound
-
     if org_slug is None:
         return ensure_org(get_settings().default_org_slug)
     check_slug(org_slug)
@@ -191,8 +191,6 @@ def _submit_org(org_slug: str | None) -> Any:
 
 def _store_paths(org_id: uuid.UUID | None, config: dict[str, Any]) -> dict[str, Any]:
     """Replace "path"/"paths" by the ids of the stored files (placeholder ids when ``org_id`` is None)."""
-    from backend.storage.assets import store_local_file
-
     def store(path: object) -> str:
         if not isinstance(path, str) or not path:
             raise CuratoreError(f"A path in --config must be a non-empty string, not {json.dumps(path)}.")
@@ -210,7 +208,6 @@ def _store_paths(org_id: uuid.UUID | None, config: dict[str, Any]) -> dict[str, 
 
 
 def _follow(run_id: uuid.UUID, timeout: float) -> int:
-    from backend.runs.queries import get_logs, get_run
 
     deadline = time.monotonic() + timeout
     after = 0
@@ -247,10 +244,6 @@ def runs() -> None:
 def runs_list(org_slug: str | None, statuses: tuple[str, ...], run_types: tuple[str, ...], limit: int,
               as_json: bool) -> None:
     """The newest runs."""
-    from backend.auth.orgs import get_org
-    from backend.queues.registry import get_registry
-    from backend.runs.queries import RunFilter, list_runs, run_dict
-
     for run_type in run_types:  # a typo is an error naming the known types, not an empty list
         get_registry().resolve(run_type)
     flt = RunFilter(
@@ -273,8 +266,6 @@ def runs_list(org_slug: str | None, statuses: tuple[str, ...], run_types: tuple[
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_id: str, as_json: bool) -> None:
     """One run with its activity log."""
-    from backend.runs.queries import get_logs, get_run, log_dict, run_dict
-
     run = get_run(run_id)
     events = get_logs(run.id, limit=10_000)
     if as_json:
@@ -306,8 +297,6 @@ def orgs() -> None:
 def orgs_create(slug: str, name: str | None) -> None:
     """Create an organization (the only way to: the app and the REST API never do). The slug ``system`` is
     reserved."""
-    from backend.auth.orgs import ensure_org
-
     org = ensure_org(slug, name)
     click.echo(f"{org.id}  {org.slug}  {shown(org.name)}")
 
@@ -333,9 +322,6 @@ def users() -> None:
 def users_create(email: str, password: str | None, password_stdin: bool, name: str, system_admin: bool,
                  org_slug: str | None, role: str | None) -> None:
     """Add a user. Without --password or --password-stdin, the password is asked for."""
-    from backend.auth.orgs import get_org, refuse_members
-    from backend.auth.users import create_user, set_role
-
     if password is not None and password_stdin:
         raise CuratoreError("Use either --password or --password-stdin, not both.")
     if role is not None and org_slug is None:
@@ -360,9 +346,6 @@ def users_create(email: str, password: str | None, password_stdin: bool, name: s
 @click.option("--role", type=ROLE_CHOICE, required=True)
 def users_role(email: str, org_slug: str, role: str) -> None:
     """Set a user's role in an organization (adds the membership if needed)."""
-    from backend.auth.orgs import get_org
-    from backend.auth.users import get_user, set_role
-
     user, org = get_user(email), get_org(org_slug)
     set_role(user.id, org.id, role)
     click.echo(f"{user.email}  {role} in {org.slug}")
@@ -370,8 +353,6 @@ def users_role(email: str, org_slug: str, role: str) -> None:
 
 def _operator() -> Any:
     """The CLI on the server acts as a system admin; its account actions are audited as ``cli``."""
-    from backend.auth.access import Principal
-
     return Principal.system("cli")
 
 
@@ -379,8 +360,6 @@ def _operator() -> Any:
 @click.argument("email")
 def users_disable(email: str) -> None:
     """Refuse the user's sign-ins, end their sessions and revoke their tokens."""
-    from backend import actions
-
     ended = actions.set_user_disabled(_operator(), email, True)
     click.echo(f"{shown(email)}  disabled ({', '.join(f'{v} {k}' for k, v in ended.items()) or 'nothing to end'})")
 
@@ -389,8 +368,6 @@ def users_disable(email: str) -> None:
 @click.argument("email")
 def users_enable(email: str) -> None:
     """Let a disabled user sign in again (their old tokens stay revoked)."""
-    from backend import actions
-
     actions.set_user_disabled(_operator(), email, False)
     click.echo(f"{shown(email)}  enabled")
 
@@ -400,9 +377,6 @@ def users_enable(email: str) -> None:
 @click.option("--org", "org_slug", required=True, help="The organization to remove the user from.")
 def users_remove(email: str, org_slug: str) -> None:
     """Remove the user's membership (and role) in an organization."""
-    from backend import actions
-    from backend.auth.orgs import get_org
-
     actions.remove_membership(_operator(), email, get_org(org_slug).id)
     click.echo(f"{shown(email)}  removed from {shown(org_slug)}")
 
@@ -412,8 +386,6 @@ def users_remove(email: str, org_slug: str) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of standard input.")
 def users_reset_password(email: str, password_stdin: bool) -> None:
     """Set a user's password (asked for, or read from stdin); their sessions end."""
-    from backend import actions
-
     password = (sys.stdin.readline().rstrip("\r\n") if password_stdin
                 else click.prompt("New password", hide_input=True, confirmation_prompt=True))
     actions.reset_password(_operator(), email, password)
@@ -424,8 +396,6 @@ def users_reset_password(email: str, password_stdin: bool) -> None:
 @click.argument("email")
 def users_end_sessions(email: str) -> None:
     """End every session of the user and revoke every token of theirs."""
-    from backend import actions
-
     ended = actions.end_user_sessions(_operator(), email)
     click.echo(f"{shown(email)}  {', '.join(f'{v} {k}' for k, v in ended.items()) or 'nothing to end'}")
 
@@ -436,9 +406,6 @@ def users_list(as_json: bool) -> None:
     """Every user with their roles."""
     from sqlalchemy import select
 
-    from backend.auth.users import memberships
-    from backend.db.engine import in_transaction
-    from backend.db.models import User
 
     people = in_transaction(lambda s: s.execute(select(User).order_by(User.email)).scalars().all())
     rows = [{"id": str(u.id), "email": u.email, "name": u.name, "system_admin": u.is_system_admin,
@@ -463,8 +430,6 @@ def tokens() -> None:
 @click.option("--days", type=click.IntRange(min=1), default=None, help="Expires after this many days (default: never).")
 def tokens_create(email: str, name: str, days: int | None) -> None:
     """Create a token for a user and print it, once: it cannot be shown again."""
-    from backend.auth.users import create_token, get_user
-
     user = get_user(email)
     token, secret = create_token(user.id, name, days)
     expires = f"expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "never expires"
@@ -476,11 +441,6 @@ def tokens_create(email: str, name: str, days: int | None) -> None:
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
     """Revoke a token by its id (from `curatore tokens list`): the API refuses it from now on."""
-    from backend.auth.users import revoke_token
-    from backend.db.engine import in_transaction
-    from backend.db.models import ApiToken
-    from backend.errors import NotFound
-
     try:
         tid = uuid.UUID(token_id)
     except ValueError:
@@ -500,10 +460,6 @@ def tokens_list(email: str, as_json: bool) -> None:
     """A user's tokens: id, name, first characters, dates (never the token itself)."""
     from sqlalchemy import select
 
-    from backend.auth.users import get_user
-    from backend.db.engine import in_transaction
-    from backend.db.models import ApiToken
-    from backend.db.types import utcnow
 
     user = get_user(email)
     rows = in_transaction(lambda s: s.execute(select(ApiToken).where(ApiToken.user_id == user.id)

@@ -14,8 +14,11 @@ import sys
 import time
 from dataclasses import dataclass
 
+from backend.auth.bootstrap import ensure_first_admin
+from backend.auth.orgs import ensure_org
 from backend.config import PROJECT_ROOT, get_settings
-from backend.connectors.devservers import demo_environment
+from backend.db.migrate import upgrade
+from backend.demo.servers import demo_environment
 
 GRACE_SECONDS = 8.0
 DEMO_SERVERS_PORT = 8701  # local stand-ins of Graph, SAM.gov, a forecast API and a website, for the samples
@@ -46,7 +49,7 @@ def children(port: int, backend_port: int, ui: bool, reload: bool = False, host:
     result = [
         Child("worker", [py, "-m", "backend.cli", "worker", "--concurrency", "4", "-n", "dev@%h"]),
         Child("scheduler", [py, "-m", "backend.cli", "scheduler"]),
-        Child("demo servers", [py, "-m", "backend.connectors.devservers", "--port", str(DEMO_SERVERS_PORT)]),
+        Child("demo servers", [py, "-m", "backend.demo.servers", "--port", str(DEMO_SERVERS_PORT)]),
     ]
     if ui and reload:  # Reflex's dev mode: hot reload, frontend and backend on two ports
         result.append(Child("ui", [py, "-m", "reflex", "run", "--frontend-port", str(port),
@@ -62,11 +65,6 @@ def children(port: int, backend_port: int, ui: bool, reload: bool = False, host:
 
 def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload: bool = False,
             host: str = "127.0.0.1") -> int:
-    from backend.auth.orgs import ensure_org
-    from backend.db.migrate import upgrade
-
-    from backend.auth.bootstrap import ensure_first_admin
-
     upgrade()
     settings = get_settings()
     org = ensure_org(settings.default_org_slug, "Demo")

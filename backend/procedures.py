@@ -34,7 +34,11 @@ from sqlalchemy import func, select
 from backend.config import PROJECT_ROOT
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
-from backend.errors import CuratoreError, InvalidConfig, NotFound
+from backend.errors import CuratoreError, InvalidConfig, NotFound, UnsupportedFile
+from backend.extract.formats import extract
+from backend.search import index_asset
+from backend.storage import assets as storage
+from backend.storage.assets import _path_for
 
 StepAction = Callable[[Any, dict[str, Any]], "dict[str, Any] | None"]
 PROCEDURES_DIR = PROJECT_ROOT / "procedures"
@@ -262,8 +266,6 @@ def _item_progress(ctx: Any, n: int, total: int, asset: Asset) -> None:
 @step_action("verify_checksums")
 def verify_checksums(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     """Read every stored file again and compare its SHA-256 with the one recorded when it was stored."""
-    from backend.storage.assets import _path_for
-
     found = _assets_in_scope(ctx, params)
     ok, mismatched, missing, checked_bytes = 0, [], [], 0
     for n, asset in enumerate(found, 1):
@@ -306,11 +308,6 @@ def extraction_report(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 def extract_assets(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     """Extract the text of stored files again, in this run (``only_missing``: only those without text yet;
     ``index``: also put each text in the search index)."""
-    from backend.errors import UnsupportedFile
-    from backend.extract.formats import extract
-    from backend.search import index_asset
-    from backend.storage import assets as storage
-
     only_missing = bool(params.get("only_missing", False))
     index = bool(params.get("index", False))
     found = _assets_in_scope(ctx, params, only_missing=only_missing)
@@ -340,8 +337,6 @@ def extract_assets(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 @step_action("index_assets")
 def index_assets(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     """Put the extracted text of assets in the full-text search index (replacing what it held)."""
-    from backend.search import index_asset
-
     found = _assets_in_scope(ctx, params)
     indexed = skipped = 0
     for n, asset in enumerate(found, 1):

@@ -28,11 +28,12 @@ from sqlmodel import Session
 from backend.auth.orgs import system_org
 from backend.db.engine import in_transaction
 from backend.db.models import OutboxEvent, Run, ScheduledTask
+from backend.db.states import RunOrigin, RunStatus
 from backend.db.types import utcnow
 from backend.errors import CuratoreError, NotCapable, NotFound
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
+from backend.queues.dispatch import dispatch_after_commit
 from backend.runs import service
-from backend.runs.states import RunOrigin, RunStatus
 
 log = logging.getLogger(__name__)
 CREATED_BY_PREFIX = "schedule:"
@@ -251,8 +252,6 @@ def _next_time(task: ScheduledTask, now: datetime) -> datetime:
 def _claim_and_start(task: ScheduledTask, now: datetime, *, manual: bool = False, by: str | None = None) -> Run | None:
     """Claim this occurrence of ``task`` and create its run, in one transaction; None if another scheduler
     claimed it first (the row no longer has the ``next_run_at``/``last_run_id`` it was read with)."""
-    from backend.queues.dispatch import dispatch_after_commit
-
     following = now + timedelta(seconds=task.interval_seconds) if manual else _next_time(task, now)
 
     def write(s: Session) -> Run | None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import Field
 
-from backend.queues.configs import JobConfig
-from backend.queues.registry import JobType
+from backend.jobtypes.configs import JobConfig
+from backend.jobtypes.registry import JobType
 
 
 class ProgressBenchConfig(JobConfig):

@@ -110,7 +110,7 @@ def reset_process_state() -> None:
     """Forget cached settings, registry, database pools and broker connections (after an env change)."""
     from backend.config import reset_settings
     from backend.db.engine import dispose_engines
-    from backend.queues.registry import reset_registry
+    from backend.jobtypes.registry import reset_registry
 
     reset_settings()
     reset_registry()
@@ -119,11 +119,11 @@ def reset_process_state() -> None:
 
 
 def _reset_celery_app() -> None:
-    """Point the already-imported Celery app at this test's broker."""
-    if "backend.worker.celery_app" in sys.modules:
+    """Point the already-imported Celery app at this test's broker (the worker's tasks too, when loaded)."""
+    if "backend.queues.celery_link" in sys.modules:
         from kombu import pools
 
-        from backend.worker.celery_app import celery_app, configure
+        from backend.queues.celery_link import celery_app, configure
 
         if celery_app._pool is not None:
             celery_app._pool.force_close_all()
@@ -131,6 +131,11 @@ def _reset_celery_app() -> None:
         celery_app.amqp._producer_pool = None
         pools.reset()
         configure(celery_app)
+    if "backend.worker.celery_app" in sys.modules:
+        from backend.worker.celery_app import celery_app as worker_app
+        from backend.worker.celery_app import configure as configure_worker
+
+        configure_worker(worker_app)
 
 
 @pytest.fixture(scope="session")

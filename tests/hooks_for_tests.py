@@ -11,9 +11,9 @@ import os
 from sqlmodel import Session
 
 from backend.db.models import RunGroup
+from backend.db.states import LogLevel
 from backend.runs import service
 from backend.runs.groups import group_hook
-from backend.runs.states import LogLevel
 
 COUNTING_HOOK = "tests.count_finalize"
 HOOK_EVENT = "test_hook_fired"

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import Field
 
-from backend.queues.configs import JobConfig
-from backend.queues.registry import Capabilities, JobType, RetryPolicy
+from backend.jobtypes.configs import JobConfig
+from backend.jobtypes.registry import Capabilities, JobType, RetryPolicy
 
 
 class WorkConfig(JobConfig):

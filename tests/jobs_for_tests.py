@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import Field
 
-from backend.queues.configs import JobConfig
-from backend.queues.registry import JobType, RetryPolicy
+from backend.jobtypes.configs import JobConfig
+from backend.jobtypes.registry import JobType, RetryPolicy
 
 
 class GatedStepsConfig(JobConfig):

@@ -20,8 +20,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30, interval: flo
 
 
 def wait_terminal(run_id: uuid.UUID, timeout: float = 60):  # type: ignore[no-untyped-def]
+    from backend.db.states import RunStatus
     from backend.runs.queries import get_run
-    from backend.runs.states import RunStatus
 
     def done():  # type: ignore[no-untyped-def]
         run = get_run(run_id)

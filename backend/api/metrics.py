@@ -30,11 +30,11 @@ from backend.api.edges import metrics_allowed
 from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import OutboxEvent, Run
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
 from backend.errors import CuratoreError
+from backend.jobtypes.registry import get_registry
 from backend.queues import stats, workers
-from backend.queues.registry import get_registry
-from backend.runs.states import RunStatus
 
 if TYPE_CHECKING:
     from starlette.requests import Request

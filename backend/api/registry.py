@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from backend.api.deps import CurrentPrincipal
 from backend.api.schemas import JobTypeOut, QueueDefOut, RegistryOut, error_responses
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 
 router = APIRouter(tags=["registry"], responses=error_responses(401, 503))
 

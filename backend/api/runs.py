@@ -38,10 +38,10 @@ from backend.api.schemas import (
 from backend.auth.access import Principal
 from backend.auth.orgs import get_org
 from backend.db.models import Organization, Run
+from backend.db.states import RunOrigin, RunStatus
 from backend.errors import CuratoreError, NotFound
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 from backend.runs import listing, queries
-from backend.runs.states import RunOrigin, RunStatus
 
 router = APIRouter(tags=["runs"], responses=error_responses(401, 404, 422, 503))
 

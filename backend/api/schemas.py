@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from backend.db.models import AuditEntry, Run, RunGroup, RunLogEvent
-from backend.queues.registry import get_registry
+from backend.db.states import LogLevel, RunOrigin, RunStatus
+from backend.jobtypes.registry import get_registry
 from backend.runs.listing import Page, group_counts
-from backend.runs.states import LogLevel, RunOrigin, RunStatus
 from backend.validation import MAX_NAME, InvalidInput, check_text, displayable
 
 

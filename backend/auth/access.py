@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from backend.auth.orgs import SYSTEM_SLUG
 from backend.auth.users import memberships
 from backend.db.models import User
 from backend.errors import CuratoreError, NotFound
-
-if TYPE_CHECKING:
-    from backend.queues.registry import JobType
+from backend.jobtypes.registry import JobType
 
 RANK = {"viewer": 0, "member": 1, "admin": 2}
 # The least role per action; "submit" is the default of JobType.submit_role, which a job type may raise or lower.

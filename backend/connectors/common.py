@@ -10,7 +10,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -25,8 +25,14 @@ from backend.db.types import utcnow
 from backend.errors import CuratoreError
 from backend.storage.assets import store_bytes
 
-if TYPE_CHECKING:
-    from backend.worker.base import JobContext
+
+class RunContext(Protocol):
+    """What a connector needs of the run it works for (``backend.worker.base.JobContext`` is one): a warning
+    in its activity log, and a cancel check between requests."""
+
+    def warn(self, message: str, event_type: str = ..., **context: Any) -> None: ...
+
+    def check_cancelled(self, *, every: float = ...) -> None: ...
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -75,7 +81,7 @@ class RunHttpClient(HttpClient):
     request whose origin (scheme, host, port) is the connection's, and to no other: a link or redirect to
     another origin is fetched without it. The callers never handle the credential themselves."""
 
-    def __init__(self, ctx: JobContext, base_url: str, label: str, *, secrets: Iterable[str | None] = (),
+    def __init__(self, ctx: RunContext, base_url: str, label: str, *, secrets: Iterable[str | None] = (),
                  connection: Connection | None = None, **kwargs: Any) -> None:
         super().__init__(base_url, on_retry=self._retrying, **kwargs)
         self.ctx, self.label, self.connection, self.base_url = ctx, label, connection, base_url
@@ -83,7 +89,7 @@ class RunHttpClient(HttpClient):
         self._current = ""
 
     @classmethod
-    def for_connection(cls, ctx: JobContext, connection: Connection, label: str, **kwargs: Any) -> RunHttpClient:
+    def for_connection(cls, ctx: RunContext, connection: Connection, label: str, **kwargs: Any) -> RunHttpClient:
         return cls(ctx, connection.base_url, label, connection=connection, **kwargs)
 
     def absolute(self, url: str) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+from backend.db.states import LogLevel, RunOrigin, RunStatus
 from backend.db.types import BigIntPK, JSONType, UTCDateTime, enum_column_type, utcnow
-from backend.runs.states import LogLevel, RunOrigin, RunStatus
 
 
 def _ts(nullable: bool = True, index: bool = False) -> Any:

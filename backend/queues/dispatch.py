@@ -9,29 +9,23 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from kombu.exceptions import KombuError
-from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError as SQLOperationalError
 from sqlmodel import Session
 
-from backend.config import get_settings
 from backend.db.engine import after_commit, in_transaction
 from backend.db.models import Run
-from backend.errors import BrokerUnavailable
-from backend.queues.registry import get_registry
+from backend.db.states import RunOrigin, RunStatus
+from backend.db.types import utcnow
+from backend.errors import BrokerUnavailable, NotCapable
+from backend.jobtypes.registry import get_registry
+from backend.queues.dispatcher import dispatch_pending, kick
 from backend.runs import service
+from backend.runs.queries import get_run
 
 log = logging.getLogger(__name__)
-BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, KombuError, KombuOperationalError, SQLOperationalError)
-try:
-    import redis.exceptions
-
-    BROKER_ERRORS += (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-except ImportError:  # pragma: no cover - redis is a dependency
-    pass
 
 
 def dispatch(run_id: uuid.UUID) -> bool:
@@ -40,8 +34,6 @@ def dispatch(run_id: uuid.UUID) -> bool:
     A run that could not be published because the broker is down is marked failed and
     :class:`BrokerUnavailable` is raised: whoever submitted it hears so at once.
     """
-    from backend.queues.dispatcher import dispatch_pending
-
     queue = in_transaction(lambda s: s.execute(select(Run.queue).where(Run.id == run_id)).scalar_one())
     outcome = dispatch_pending([queue])
     if run_id not in outcome:
@@ -59,27 +51,9 @@ def dispatch(run_id: uuid.UUID) -> bool:
     raise BrokerUnavailable(f"{message} (run {run_id})", run_id=str(run_id)) from exc
 
 
-def publish(task_name: str, queue: str, run_id: uuid.UUID, attempt: int, task_id: str, timeout: int) -> None:
-    from backend.worker.celery_app import celery_app
-
-    retries = get_settings().broker_publish_retries
-    celery_app.send_task(
-        task_name,
-        args=[str(run_id), attempt],
-        task_id=task_id,
-        queue=queue,
-        soft_time_limit=timeout,
-        time_limit=timeout + 30,
-        retry=True,
-        retry_policy={"max_retries": retries, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
-    )
-
-
 def dispatch_after_commit(session: Session, run_id: uuid.UUID) -> None:
     """A dispatch pass for ``run_id``'s queue once ``session``'s transaction commits (for runs created
     inside a transaction, such as children)."""
-    from backend.queues.dispatcher import kick
-
     queue = session.execute(select(Run.queue).where(Run.id == run_id)).scalar_one()
     after_commit(session, lambda: kick(queue))
 
@@ -93,10 +67,6 @@ def submit_run(run_type: str, config: dict[str, Any], **kwargs: Any) -> Run:
 
 def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:
     """A new run of the same type and config, with ``retry_of`` and the next attempt number."""
-    from backend.errors import NotCapable
-    from backend.runs.queries import get_run
-    from backend.runs.states import RunOrigin, RunStatus
-
     original = get_run(run_id)
     job_type = get_registry().resolve(original.run_type)
     status = RunStatus(original.status)
@@ -124,12 +94,6 @@ def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:
 
 def schedule_retry(run_id: uuid.UUID) -> Run:
     """An automatic retry: a new run with ``retry_of``, the next attempt, dispatched after the policy's backoff."""
-    from datetime import timedelta
-
-    from backend.db.types import utcnow
-    from backend.runs.queries import get_run
-    from backend.runs.states import RunOrigin
-
     original = get_run(run_id)
     policy = get_registry().resolve(original.run_type).retry_policy
     delay = policy.delay_for(original.attempt)

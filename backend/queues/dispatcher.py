@@ -29,10 +29,11 @@ from sqlalchemy import and_, func, not_, or_, select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
+from backend.queues import celery_link
 from backend.runs import service
-from backend.runs.states import RunStatus
 
 log = logging.getLogger(__name__)
 S = RunStatus
@@ -138,17 +139,15 @@ def _claim(session: Any, queue: str) -> list[Claimed]:
 
 def dispatch_pending(queues: Iterable[str] | None = None) -> dict[uuid.UUID, Exception | None]:
     """One pass over ``queues`` (default: all). Returns each published run with the publish error, if any."""
-    from backend.queues.dispatch import BROKER_ERRORS, publish
-
     outcome: dict[uuid.UUID, Exception | None] = {}
     for queue in sorted(set(queues or get_registry().queues)):
         if queue not in get_registry().queues:
             continue
         for c in in_transaction(lambda s, q=queue: _claim(s, q)):
             try:
-                publish(c.task_name, c.queue, c.run_id, c.attempt, c.task_id, c.timeout)
+                celery_link.publish(c.task_name, c.queue, c.run_id, c.attempt, c.task_id, c.timeout)
                 outcome[c.run_id] = None
-            except BROKER_ERRORS as exc:
+            except celery_link.BROKER_ERRORS as exc:
                 outcome[c.run_id] = exc
                 service.requeue(c.run_id, f"The broker could not be reached ({type(exc).__name__}); "
                                           "the run goes back to the queue")

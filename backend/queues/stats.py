@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
-from backend.queues.registry import get_registry
-from backend.runs.states import RunStatus
+from backend.jobtypes.registry import get_registry
 
 S = RunStatus
 MAX_SAMPLE = 50_000

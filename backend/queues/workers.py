@@ -17,10 +17,13 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
+from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import Run, WorkerHeartbeat
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
-from backend.runs.states import RunStatus
+from backend.queues.dispatcher import dispatch_pending
+from backend.runs.recovery import sweep
 
 log = logging.getLogger(__name__)
 BEAT_SECONDS = 5.0
@@ -74,10 +77,6 @@ class NodeHeartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from backend.config import get_settings
-        from backend.queues.dispatcher import dispatch_pending
-        from backend.runs.recovery import sweep
-
         settings = get_settings()
         interval = min(BEAT_SECONDS, settings.sweep_seconds)
         lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)

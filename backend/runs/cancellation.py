@@ -23,10 +23,10 @@ from sqlalchemy import select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run
+from backend.db.states import LogLevel, RunStatus
 from backend.errors import InvalidTransition, RunNotFound
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 from backend.runs import service
-from backend.runs.states import LogLevel, RunStatus
 
 log = logging.getLogger(__name__)
 S = RunStatus

@@ -25,9 +25,9 @@ from sqlmodel import Session
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run, RunGroup
+from backend.db.states import LogLevel, RunOrigin, RunStatus
 from backend.db.types import utcnow
 from backend.runs import service
-from backend.runs.states import LogLevel, RunOrigin, RunStatus
 
 S = RunStatus
 GroupHook = Callable[[Session, RunGroup], None]
@@ -144,6 +144,13 @@ def add_child(
 
 
 _COUNTER = {S.COMPLETED: "completed", S.FAILED: "failed", S.TIMED_OUT: "failed", S.CANCELLED: "cancelled"}
+
+
+@service.on_terminal
+def _run_ended(session: Session, run_id: uuid.UUID, outcome: RunStatus) -> None:
+    group_id = session.execute(select(Run.group_id).where(Run.id == run_id)).scalar_one()
+    if group_id is not None:
+        child_finished(session, group_id, run_id, outcome)
 
 
 def child_finished(session: Session, group_id: uuid.UUID, run_id: uuid.UUID, outcome: RunStatus) -> None:

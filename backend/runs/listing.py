@@ -19,10 +19,10 @@ from sqlmodel import Session
 
 from backend.db.engine import in_transaction
 from backend.db.models import Organization, Run, RunGroup
+from backend.db.states import RunOrigin, RunStatus
 from backend.db.types import utcnow
 from backend.errors import CuratoreError
-from backend.queues.registry import get_registry
-from backend.runs.states import RunOrigin, RunStatus
+from backend.jobtypes.registry import get_registry
 from backend.validation import storable
 
 S = RunStatus
@@ -235,9 +235,34 @@ def queue_positions(runs: list[Run], session: Session) -> dict[uuid.UUID, int]:
     return {row.id: int(row.position) for row in rows}
 
 
-def _etas(queued: list[Run], positions: dict[uuid.UUID, int], session: Session) -> dict[uuid.UUID, float]:
-    from backend.queues.priority import eta_seconds, mean_durations
+def mean_durations(run_types: set[str], sample: int = 50, session: Any = None) -> dict[str, float]:
+    """Mean duration in seconds of the last ``sample`` completed runs of each type (in ``session`` if given:
+    on SQLite a second transaction opened inside another would wait for its write lock)."""
 
+    def read(s: Any) -> dict[str, float]:
+        out = {}
+        for run_type in run_types:
+            rows = s.execute(
+                select(Run.started_at, Run.completed_at).where(Run.run_type == run_type, Run.status == S.COMPLETED,
+                                                              Run.started_at.is_not(None))
+                .order_by(Run.completed_at.desc()).limit(sample)
+            ).all()
+            if rows:
+                out[run_type] = sum((c - st).total_seconds() for st, c in rows) / len(rows)
+        return out
+
+    return in_transaction(read, session)
+
+
+def eta_seconds(position: int, queue_limit: int, mean_duration: float | None) -> float | None:
+    """Rough wait before a run at ``position`` (1-based) starts: the waves ahead of it times the mean duration."""
+    if mean_duration is None or position <= 0:
+        return None
+    waves = (position - 1) // max(queue_limit, 1) + 1
+    return waves * mean_duration
+
+
+def _etas(queued: list[Run], positions: dict[uuid.UUID, int], session: Session) -> dict[uuid.UUID, float]:
     if not queued:
         return {}
     means = mean_durations({r.run_type for r in queued}, session=session)

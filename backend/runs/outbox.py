@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 from sqlmodel import Session
 
 from backend.config import get_settings
+from backend.db.engine import in_transaction
 from backend.db.models import OutboxEvent, Run
 
 log = logging.getLogger(__name__)
@@ -72,15 +73,11 @@ def notify() -> None:
 
 def last_seq() -> int:
     """The newest outbox sequence number (0 when empty)."""
-    from backend.db.engine import in_transaction
-
     return in_transaction(lambda s: s.execute(select(func.coalesce(func.max(OutboxEvent.seq), 0))).scalar_one())
 
 
 def read_after(seq: int, limit: int = 1000) -> list[dict[str, Any]]:
     """Outbox rows after ``seq``, oldest first, as plain dicts."""
-    from backend.db.engine import in_transaction
-
     stmt = select(OutboxEvent).where(OutboxEvent.seq > seq).order_by(OutboxEvent.seq).limit(limit)
     rows = in_transaction(lambda s: s.execute(stmt).scalars().all())
     return [

@@ -12,8 +12,8 @@ from sqlmodel import Session
 
 from backend.db.engine import in_transaction
 from backend.db.models import Organization, Run, RunGroup, RunLogEvent
+from backend.db.states import RunStatus
 from backend.errors import RunNotFound
-from backend.runs.states import RunStatus
 from backend.validation import displayable
 
 

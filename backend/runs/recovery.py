@@ -31,10 +31,10 @@ from sqlalchemy import or_, select
 from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import Run
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 from backend.runs import service
-from backend.runs.states import RunStatus
 
 log = logging.getLogger(__name__)
 S = RunStatus

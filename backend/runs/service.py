@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,17 +20,45 @@ from sqlmodel import Session
 
 from backend.db.engine import after_commit, in_transaction
 from backend.db.models import Run, RunLogEvent, empty_progress
+from backend.db.states import EVENT_TYPES, LogLevel, RunOrigin, RunStatus, allowed
 from backend.db.types import utcnow
 from backend.errors import DuplicateRun, InvalidTransition, RunNotFound
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 from backend.runs import outbox
-from backend.runs.states import EVENT_TYPES, LogLevel, RunOrigin, RunStatus, allowed
 from backend.validation import MAX_NAME, check_priority, check_text
 
 log = logging.getLogger(__name__)
 
 S = RunStatus
 MAX_MESSAGE = 4000
+
+# --------------------------------------------------------------------------- hooks
+# What other parts of the engine do when a run changes, registered by them (the state machine imports
+# neither groups nor Celery): run groups count a child's end in its terminal transaction; the Celery link
+# revokes the task of a run that ended before it started, after the commit.
+TerminalHook = Callable[[Session, uuid.UUID, RunStatus], None]
+TaskDroppedHook = Callable[[str], None]
+_terminal_hooks: list[TerminalHook] = []
+_task_dropped_hooks: list[TaskDroppedHook] = []
+
+
+def on_terminal(fn: TerminalHook) -> TerminalHook:
+    """Register ``fn(session, run_id, status)``, called inside every transaction that ends a run."""
+    if fn not in _terminal_hooks:
+        _terminal_hooks.append(fn)
+    return fn
+
+
+def on_task_dropped(fn: TaskDroppedHook) -> TaskDroppedHook:
+    """Register ``fn(celery_task_id)``, called after the commit that ended a run whose task never started."""
+    if fn not in _task_dropped_hooks:
+        _task_dropped_hooks.append(fn)
+    return fn
+
+
+def _drop_task_after_commit(session: Session, task_id: str) -> None:
+    for hook in _task_dropped_hooks:
+        after_commit(session, lambda hook=hook: hook(task_id))
 
 
 def _json_safe(value: Any) -> Any:
@@ -247,11 +276,8 @@ def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunSta
 
 
 def _on_terminal(session: Session, run_id: uuid.UUID, to: RunStatus) -> None:
-    group_id = session.execute(select(Run.group_id).where(Run.id == run_id)).scalar_one()
-    if group_id is not None:
-        from backend.runs import groups
-
-        groups.child_finished(session, group_id, run_id, to)
+    for hook in _terminal_hooks:
+        hook(session, run_id, to)
 
 
 # --------------------------------------------------------------------------- named transitions
@@ -355,7 +381,7 @@ def force_kill(run_id: uuid.UUID, by: str) -> bool:
         done = transition(s, run_id, S.FAILED, message, level=LogLevel.ERROR,
                           values={"error_message": message}, context={"by": by, "stage": "killed"}) is not None
         if done and task_id:
-            after_commit(s, lambda: _revoke_quietly(task_id))
+            _drop_task_after_commit(s, task_id)
         return done
 
     return in_transaction(write)
@@ -417,7 +443,7 @@ def request_cancel(run_id: uuid.UUID, by: str | None = None, reason: str | None 
         if target is S.CANCELLED:
             task_id = s.execute(select(Run.celery_task_id).where(Run.id == run_id)).scalar_one()
             if task_id:
-                after_commit(s, lambda: _revoke_quietly(task_id))
+                _drop_task_after_commit(s, task_id)
         return target
 
     return in_transaction(write)
@@ -428,15 +454,6 @@ def _status_in(session: Session, run_id: uuid.UUID) -> RunStatus:
     if raw is None:
         raise RunNotFound(f"No run with id {run_id}.")
     return RunStatus(raw)
-
-
-def _revoke_quietly(task_id: str) -> None:
-    try:
-        from backend.worker.celery_app import celery_app
-
-        celery_app.control.revoke(task_id)
-    except Exception as exc:  # the task also checks the run's status when it starts
-        log.warning("could not revoke task %s: %s", task_id, exc)
 
 
 # --------------------------------------------------------------------------- activity

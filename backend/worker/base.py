@@ -25,11 +25,13 @@ from celery import Task
 from backend.config import Settings, get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, Run
+from backend.db.states import LogLevel, RunStatus
 from backend.errors import CuratoreError, DatabaseUnavailable, JobCancelled, NotFound
-from backend.queues.registry import JobType, get_registry
+from backend.jobtypes.registry import JobType, get_registry
+from backend.queues.dispatch import dispatch_after_commit, schedule_retry
+from backend.queues.dispatcher import kick
 from backend.runs import groups, service
 from backend.runs.progress import ProgressTracker
-from backend.runs.states import LogLevel, RunStatus
 
 log = logging.getLogger(__name__)
 S = RunStatus
@@ -116,8 +118,6 @@ class JobContext:
 
     def spawn_child(self, run_type: str, config: dict[str, Any], *, display_name: str | None = None) -> Run:
         """Create a child run in this run's group; it is dispatched when created."""
-        from backend.queues.dispatch import dispatch_after_commit
-
         if self._group_id is None:
             self._group_id = groups.create_group(self.run_id).id
 
@@ -214,8 +214,6 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     finally:
         ctx._finishing = True
         beat.stop()
-        from backend.queues.dispatcher import kick
-
         kick(job_type.queue)  # this run's slot is free: let the next one in
 
 
@@ -263,8 +261,6 @@ def _auto_retry(ctx: JobContext, eligible: bool) -> None:
     if not eligible or ctx.run.attempt >= ctx.job_type.retry_policy.max_attempts:
         return
     try:
-        from backend.queues.dispatch import schedule_retry
-
         schedule_retry(ctx.run_id)
     except Exception:  # noqa: BLE001 - the failure itself is recorded; a manual retry remains possible
         log.exception("could not schedule an automatic retry of run %s", ctx.run_id)

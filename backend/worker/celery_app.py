@@ -1,60 +1,31 @@
-"""The Celery app, configured from the settings and the job-type registry.
+"""The worker's Celery app: the shared app of :mod:`backend.queues.celery_link` with every job type's task,
+the scheduler's tick and the worker node's housekeeping.
 
-One Celery queue per registry queue and one task per job type, named
-``curatore.jobs.<key>``; each task runs :func:`backend.worker.base.execute`.
-The database is the source of truth: tasks store no results.
+One task per job type, named ``curatore.jobs.<key>``; each runs :func:`backend.worker.base.execute`.
+The database is the source of truth: tasks store no results. ``celery -A backend.worker.celery_app``
+(what ``curatore worker`` and ``curatore scheduler`` run) loads this module.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
-from kombu import Queue
 
-from backend.config import get_settings
 from backend.db.engine import dispose_engines
-from backend.queues import workers
-from backend.queues.registry import JobType, get_registry
+from backend.jobtypes.registry import JobType, get_registry
+from backend.queues import celery_link, workers
 from backend.queues.workers import NodeHeartbeat
-from backend.worker import broker
-from backend.worker.schedule_task import beat_schedule
+from backend.worker import schedule_task
+from backend.worker.base import RunTask, execute
 
-celery_app = Celery("curatore")
+celery_app = celery_link.celery_app
 
 
 def configure(app: Celery) -> Celery:
-    settings = get_settings()
-    registry = get_registry()
-    app.conf.update(
-        broker_url=settings.broker_url,
-        result_backend=None,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_queues=[Queue(name) for name in registry.celery_queues()],
-        task_default_queue="default",
-        broker_connection_retry_on_startup=True,
-        broker_connection_timeout=3,
-        worker_send_task_events=True,
-        task_send_sent_event=False,
-        worker_hijack_root_logger=False,
-        enable_utc=True,
-    )
-    # Redis: kombu's transport with a channel that survives a Redis restart mid-task (see broker.py).
-    redis = settings.broker_url.startswith(("redis://", "rediss://"))
-    app.conf.broker_transport = broker.REDIS_TRANSPORT if redis else None
-    if settings.broker_url.startswith(f"{broker.ALIAS}+"):
-        app.conf.broker_transport_options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    elif redis:
-        app.conf.broker_transport_options = (
-            {"global_keyprefix": settings.broker_key_prefix} if settings.broker_key_prefix else {}
-        )
-    app.conf.imports = ("backend.worker.schedule_task",)
-    app.conf.beat_schedule = beat_schedule()  # the scheduler's tick: due scheduled tasks become runs
-    for job_type in registry.types.values():
+    celery_link.configure(app)
+    app.conf.imports = (schedule_task.__name__,)
+    app.conf.beat_schedule = schedule_task.beat_schedule()  # the scheduler's tick: due tasks become runs
+    for job_type in get_registry().types.values():
         ensure_task(app, job_type)
     return app
 
@@ -63,8 +34,6 @@ def ensure_task(app: Celery, job_type: JobType) -> None:
     """Register the Celery task of a job type (idempotent)."""
     if job_type.task_name in app.tasks:
         return
-    from backend.worker.base import RunTask
-
     app.task(
         name=job_type.task_name,
         base=RunTask,
@@ -75,9 +44,7 @@ def ensure_task(app: Celery, job_type: JobType) -> None:
     )(_run_task)
 
 
-def _run_task(task: "RunTask", run_id: str, dispatch_attempt: int) -> str:  # noqa: F821
-    from backend.worker.base import execute
-
+def _run_task(task: RunTask, run_id: str, dispatch_attempt: int) -> str:
     return execute(run_id, dispatch_attempt, task.job_key, task.request.hostname)
 
 

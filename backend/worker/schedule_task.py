@@ -12,6 +12,8 @@ import logging
 
 from celery import shared_task
 
+from backend import schedules
+
 log = logging.getLogger(__name__)
 TICK_TASK = "curatore.scheduler.tick"
 TICK_SECONDS = 10.0
@@ -22,8 +24,6 @@ _defaults_ensured = False
 def tick() -> int:
     """Start the due scheduled tasks; returns how many runs were started."""
     global _defaults_ensured
-    from backend import schedules
-
     if not _defaults_ensured:
         schedules.ensure_defaults()
         _defaults_ensured = True

@@ -10,9 +10,9 @@ import reflex as rx
 
 from backend.errors import CuratoreError
 from backend import actions
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 from backend.runs import listing, queries
-from backend.runs.states import RunStatus
+from backend.db.states import RunStatus
 from backend.validation import displayable
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.session import principal_or_redirect

@@ -12,11 +12,11 @@ import reflex as rx
 
 from backend.auth.orgs import get_org
 from backend.errors import CuratoreError, NotFound
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 from backend import actions
 from backend.auth.access import Forbidden
 from backend.runs import listing
-from backend.runs.states import RunOrigin, RunStatus
+from backend.db.states import RunOrigin, RunStatus
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.session import SessionState, principal_or_redirect
 from curatore_ui.state.toasts import end_toast
@@ -271,7 +271,7 @@ def _start_samples(org_slug: str, principal: Any) -> list[Any]:
     """Sample runs in an existing organization, checked before anything is written; the system-only health
     check only for a system admin."""
     from backend.config import get_settings
-    from backend.samples import start_samples
+    from backend.demo.samples import start_samples
 
     org_id = visible_org_id(org_slug or get_settings().default_org_slug, principal)
     principal.require("submit", org_id, "That organization")

@@ -64,7 +64,7 @@ def _panel_job(run: Any, counts: dict[str, int] | None, job_type: Any) -> PanelJ
 
 
 def read_panel(resource_type: str, resource_id: str, job_type: str, orgs: list[str] | None) -> list[PanelJob]:
-    from backend.queues.registry import get_registry
+    from backend.jobtypes.registry import get_registry
 
     runs, counts = listing.active_for_resource(resource_type, resource_id, job_type or None)
     if orgs is not None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import reflex as rx
 
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 
 
 def end_toast(run_id: str, run_type: str, status: str, message: str, name: str | None = None) -> Any | None:

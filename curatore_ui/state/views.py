@@ -14,8 +14,8 @@ from typing import Any
 
 from backend.actions import shown_log_context
 from backend.db.models import Run, RunLogEvent
-from backend.queues.registry import get_registry
-from backend.runs.states import RunStatus
+from backend.jobtypes.registry import get_registry
+from backend.db.states import RunStatus
 from backend.validation import displayable, size_text
 
 SHOW_JSON_CHARS = 64 * 1024  # of a config or results shown as raw JSON: more is cut, with a note

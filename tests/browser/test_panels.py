@@ -18,8 +18,8 @@ import pytest
 from playwright.sync_api import expect
 from pydantic import Field
 
-from backend.queues.configs import JobConfig
-from backend.queues.registry import JobType
+from backend.jobtypes.configs import JobConfig
+from backend.jobtypes.registry import JobType
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from backend.connectors.devservers import GraphServer
+from backend.demo.servers import GraphServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

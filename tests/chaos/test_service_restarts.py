@@ -36,7 +36,7 @@ import pytest
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run, RunLogEvent
-from backend.runs.states import RunStatus
+from backend.db.states import RunStatus
 from tests.conftest import CI, Backend, WorkerProcess, require, reset_process_state
 from tests.processes import free_port
 from tests.support import wait_for

@@ -39,8 +39,8 @@ from sqlalchemy import select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run, RunLogEvent
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
-from backend.runs.states import RunStatus
 from tests.conftest import Backend, WorkerProcess, reset_process_state
 from tests.support import wait_for
 

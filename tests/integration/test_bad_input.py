@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from backend.config import get_settings, reset_settings
+from backend.db.states import RunStatus
 from backend.errors import BrokerUnavailable
+from backend.jobtypes.registry import reset_registry
 from backend.queues.dispatch import submit_run
-from backend.queues.registry import reset_registry
 from backend.runs.queries import get_logs, list_runs
-from backend.runs.states import RunStatus
 from backend.storage.assets import store_bytes
 from tests.conftest import _reset_celery_app
 

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
+from backend.db.states import RunStatus
 from backend.runs.queries import RunFilter, get_logs, get_run, list_runs
-from backend.runs.states import RunStatus
 from tests.data import make_samples as samples
 
 pytestmark = pytest.mark.integration

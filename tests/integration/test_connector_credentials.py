@@ -16,12 +16,12 @@ from sqlalchemy import select
 from backend.api.app import PREFIX, create_api
 from backend.auth import users
 from backend.auth.orgs import ensure_org
-from backend.connectors.devservers import ForecastServer, GraphServer, Listener, SamServer
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ConnectorState
+from backend.db.states import RunStatus
+from backend.demo.servers import ForecastServer, GraphServer, Listener, SamServer
 from backend.queues.dispatch import submit_run
 from backend.runs.queries import get_logs, list_runs
-from backend.runs.states import RunStatus
 from tests.api_client import ApiClient
 from tests.support import wait_terminal
 

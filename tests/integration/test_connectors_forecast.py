@@ -10,13 +10,13 @@ import json
 import pytest
 from sqlalchemy import select
 
-from backend.connectors.devservers import ForecastServer
 from backend.db.engine import in_transaction
 from backend.db.models import ExternalRecord
+from backend.db.states import RunStatus
+from backend.demo.servers import ForecastServer
 from backend.queues.dispatch import submit_run
 from backend.runs.queries import get_logs, get_run, list_runs
 from backend.runs.service import request_cancel
-from backend.runs.states import RunStatus
 from tests.support import wait_terminal
 
 pytestmark = pytest.mark.integration

@@ -10,13 +10,13 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import select
 
-from backend.connectors.devservers import SamServer
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ExternalRecord
+from backend.db.states import RunStatus
+from backend.demo.servers import SamServer
 from backend.queues.dispatch import submit_run
 from backend.runs.queries import RunFilter, get_logs, get_run, list_runs
 from backend.runs.service import request_cancel
-from backend.runs.states import RunStatus
 from tests.support import wait_terminal
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from backend.connectors.devservers import GraphServer
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ConnectorState
+from backend.db.states import RunStatus
+from backend.demo.servers import GraphServer
 from backend.queues.dispatch import submit_run
 from backend.runs.queries import RunFilter, get_logs, get_run, list_runs
 from backend.runs.service import request_cancel
-from backend.runs.states import RunStatus
 from tests.support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,11 @@ from sqlalchemy import func, select, text, update
 from backend.auth.orgs import system_org
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, ExternalRecord, OutboxEvent, Run, RunGroup, RunLogEvent
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
 from backend.queues.dispatch import submit_run
 from backend.runs import groups, service
 from backend.runs.queries import get_logs, get_run
-from backend.runs.states import RunStatus
 from backend.storage.assets import _path_for, store_bytes
 from tests.support import wait_for, wait_terminal
 
@@ -345,7 +345,7 @@ def test_a_failing_handler_fails_the_run_and_the_others_still_run(backend, org, 
 
 
 def _register_test_steps() -> None:
-    from backend.queues.registry import get_registry
+    from backend.jobtypes.registry import get_registry
     from tests.jobs_for_tests import JOB_TYPES
 
     for job_type in JOB_TYPES:

@@ -7,11 +7,11 @@ import pytest
 
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
+from backend.db.states import RunStatus
 from backend.errors import InvalidConfig, UnknownRunType
 from backend.queues.dispatch import submit_run
 from backend.runs.cancellation import cancel_run
 from backend.runs.queries import get_logs, get_run
-from backend.runs.states import RunStatus
 from backend.search import search
 from backend.storage.assets import store_bytes
 from tests.data.make_samples import pdf_bytes

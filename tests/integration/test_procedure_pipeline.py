@@ -16,10 +16,10 @@ import pytest
 
 from backend import procedures
 from backend.db.engine import in_transaction
+from backend.db.states import RunStatus
 from backend.errors import InvalidConfig, InvalidTransition
 from backend.queues.dispatch import submit_run
 from backend.runs.queries import RunFilter, get_logs, get_run, group_for, list_runs
-from backend.runs.states import RunStatus
 from tests.conftest import reset_process_state, restore_environ
 
 pytestmark = pytest.mark.integration
@@ -345,7 +345,7 @@ def test_cancel_run_cascades_by_policy(backend, org):
 
 
 def _register_test_steps() -> None:
-    from backend.queues.registry import get_registry
+    from backend.jobtypes.registry import get_registry
     from tests.jobs_for_tests import JOB_TYPES
 
     for job_type in JOB_TYPES:

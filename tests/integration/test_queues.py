@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from backend.db.states import RunStatus
 from backend.errors import DuplicateRun, NotCapable
 from backend.queues.dispatch import retry_run, submit_run
 from backend.queues.priority import boost
 from backend.runs import service
 from backend.runs.queries import RunFilter, get_logs, get_run, list_runs
-from backend.runs.states import RunStatus
 from tests.support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.integration

@@ -33,8 +33,8 @@ import tests.hooks_for_tests as hooks
 from backend.auth.orgs import ensure_org
 from backend.db.engine import in_transaction
 from backend.db.models import OutboxEvent, Run, RunGroup, RunLogEvent
+from backend.db.states import TERMINAL, RunStatus, allowed
 from backend.runs import groups, service
-from backend.runs.states import TERMINAL, RunStatus, allowed
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def _point_at(env: dict[str, str]) -> None:
         os.environ.pop("CURATORE_REDIS_URL", None)
     from backend.config import reset_settings
     from backend.db.engine import dispose_engines
-    from backend.queues.registry import reset_registry
+    from backend.jobtypes.registry import reset_registry
 
     reset_settings()
     reset_registry()

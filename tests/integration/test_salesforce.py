@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 
 from backend.db.engine import in_transaction
 from backend.db.models import ExternalRecord
+from backend.db.states import RunStatus
 from backend.queues.dispatch import submit_run
 from backend.runs.queries import get_logs, get_run
 from backend.runs.service import request_cancel
-from backend.runs.states import RunStatus
 from backend.storage.assets import store_bytes
 from tests.data import make_samples
 from tests.data.salesforce_export import accounts, csv_bytes, export_zip, sf_id

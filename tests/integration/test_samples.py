@@ -7,11 +7,11 @@ import socket
 
 import pytest
 
-from backend.connectors import devservers
-from backend.queues.registry import get_registry
+from backend.db.states import RunStatus
+from backend.demo import servers as devservers
+from backend.demo.samples import start_samples
+from backend.jobtypes.registry import get_registry
 from backend.runs.queries import RunFilter, list_runs
-from backend.runs.states import RunStatus
-from backend.samples import start_samples
 from tests.conftest import reset_process_state
 from tests.support import wait_for
 

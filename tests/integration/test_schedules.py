@@ -18,10 +18,10 @@ from backend import schedules
 from backend.auth.orgs import system_org
 from backend.db.engine import in_transaction
 from backend.db.models import ScheduledTask
+from backend.db.states import RunOrigin, RunStatus
 from backend.db.types import utcnow
 from backend.errors import NotCapable
 from backend.runs import service
-from backend.runs.states import RunOrigin, RunStatus
 from tests.support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.integration

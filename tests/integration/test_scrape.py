@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
+from backend.db.states import RunStatus
 from backend.queues.dispatch import submit_run
 from backend.runs.queries import get_logs, get_run
 from backend.runs.service import request_cancel
-from backend.runs.states import RunStatus
 from backend.search import search
 from tests.peak_memory import pool_peak_rss
 from tests.support import wait_for, wait_terminal

@@ -10,8 +10,8 @@ from sqlalchemy import text, update
 from backend.auth.orgs import ensure_org
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
+from backend.db.states import RunStatus
 from backend.queues.dispatch import submit_run
-from backend.runs.states import RunStatus
 from backend.search import index_asset, search
 from backend.storage.assets import store_bytes
 from tests.support import wait_terminal

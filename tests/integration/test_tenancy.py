@@ -21,12 +21,12 @@ from backend.auth.access import NEEDS, Forbidden, Principal
 from backend.auth.orgs import ReservedOrganization, ensure_org, get_org, system_org
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, Organization, Run, ScheduledTask, User
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
 from backend.errors import NotFound
-from backend.queues.registry import get_registry
+from backend.jobtypes.registry import get_registry
 from backend.runs import service
 from backend.runs.queries import RunFilter, get_run, list_runs
-from backend.runs.states import RunStatus
 from tests.api_client import ApiClient
 from tests.integration.test_api import PASSWORD, Api, error_of
 from tests.integration.test_cli import assert_one_line_error, run_cli

@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
+from backend.db.states import RunStatus
 from backend.queues.dispatch import submit_run
 from backend.runs.cancellation import cancel_run
 from backend.runs.queries import RunFilter, get_logs, get_run, group_for, list_runs
-from backend.runs.states import RunStatus
 from backend.storage.assets import store_bytes
 from tests.data.make_samples import pdf_bytes
 from tests.support import wait_for, wait_terminal

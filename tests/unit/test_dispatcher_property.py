@@ -37,11 +37,11 @@ from sqlalchemy import select, update
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
+from backend.jobtypes.registry import JobType, QueueDef, get_registry, reset_registry
 from backend.queues.dispatcher import OCCUPYING, Candidate, dispatch_pending, fair_pick
-from backend.queues.registry import JobType, QueueDef, get_registry, reset_registry
 from backend.runs import service
-from backend.runs.states import RunStatus
 from tests.jobs_for_tests import GatedStepsConfig, run_gated_steps
 
 S = RunStatus
@@ -447,11 +447,11 @@ class DispatchMachine(RuleBasedStateMachine):
 @pytest.fixture
 def publisher(backend, monkeypatch):  # type: ignore[no-untyped-def]
     """The broker boundary replaced by a recorder; revokes (on cancel) recorded too."""
-    from backend.queues import dispatch as dispatch_module
+    from backend.queues import celery_link
 
     recorder = Publisher()
-    monkeypatch.setattr(dispatch_module, "publish", recorder)
-    monkeypatch.setattr(service, "_revoke_quietly", lambda task_id: None)
+    monkeypatch.setattr(celery_link, "publish", recorder)
+    monkeypatch.setattr(service, "_task_dropped_hooks", [])
     yield recorder
     reset_registry()  # forget the queues and types the machine registered
 

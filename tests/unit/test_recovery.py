@@ -10,10 +10,10 @@ from sqlalchemy import update
 from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import Run
+from backend.db.states import RunStatus
 from backend.db.types import utcnow
 from backend.runs import recovery, service
 from backend.runs.queries import get_logs, get_run
-from backend.runs.states import RunStatus
 
 S = RunStatus
 

@@ -11,9 +11,9 @@ from pydantic import BaseModel
 
 from backend.config import reset_settings
 from backend.errors import CuratoreError, InvalidConfig, UnknownRunType
-from backend.queues import registry as reg
-from backend.queues.configs import JobConfig
-from backend.queues.registry import BUILTIN_QUEUES, JobType, RelatedResource, get_registry, register, reset_registry
+from backend.jobtypes import registry as reg
+from backend.jobtypes.configs import JobConfig
+from backend.jobtypes.registry import BUILTIN_QUEUES, JobType, RelatedResource, get_registry, register, reset_registry
 
 SEED_TYPES = {
     # key: (queue, phases) — phases as in SPEC 2.2; () where they are per step, stage or handler
@@ -418,7 +418,7 @@ def test_job_modules_setting_imports_plugin_modules(tmp_path: Path, monkeypatch:
 
     name = f"curatore_test_plugin_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(
-        "from backend.queues.registry import register\n"
+        "from backend.jobtypes.registry import register\n"
         "from tests.unit.test_registry import _custom\n"
         "register(_custom())\n"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.runs.states import EVENT_TYPES, TERMINAL, TRANSITIONS, RunStatus
+from backend.db.states import EVENT_TYPES, TERMINAL, TRANSITIONS, RunStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "state_machine.md"

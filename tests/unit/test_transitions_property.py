@@ -25,7 +25,7 @@ from backend.db.engine import in_transaction
 from backend.db.models import OutboxEvent, Run, RunLogEvent
 from backend.errors import InvalidTransition
 from backend.runs import service
-from backend.runs.states import EVENT_TYPES, TERMINAL, LogLevel, RunStatus, allowed
+from backend.db.states import EVENT_TYPES, TERMINAL, LogLevel, RunStatus, allowed
 
 S = RunStatus
 MAX_RUNS = 4

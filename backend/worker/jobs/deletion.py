@@ -22,11 +22,12 @@ from typing import Any
 from sqlalchemy import delete, func, inspect, select, text, update
 from sqlmodel import Session
 
-from backend.db.engine import in_transaction
+from backend.db.engine import get_engine, in_transaction
 from backend.db.models import Asset, ExternalRecord, OutboxEvent, Run, RunGroup, RunLogEvent
+from backend.db.states import ACTIVE, RunStatus
 from backend.errors import JobCancelled, JobFailed, NotCapable, NotFound
-from backend.queues.configs import DeletionConfig
-from backend.runs.states import ACTIVE, RunStatus
+from backend.jobtypes.configs import DeletionConfig
+from backend.search import unindex_asset
 from backend.storage.assets import _path_for
 from backend.worker.base import JobContext
 
@@ -145,8 +146,6 @@ def _delete_rows(s: Session, organization_id: uuid.UUID, chunk: Sequence[Asset],
         s.add(record)
         unlinked += 1
     if search:
-        from backend.search import unindex_asset
-
         for asset in chunk:
             unindex_asset(s, asset.id)
     s.execute(delete(Asset).where(Asset.id.in_([a.id for a in chunk])))
@@ -258,7 +257,6 @@ def _uuid(value: str, what: str) -> uuid.UUID:
 
 
 def _has_table(name: str) -> bool:
-    from backend.db.engine import get_engine
 
     return inspect(get_engine()).has_table(name)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from backend.errors import UnsupportedFile
 from backend.extract.formats import extract
-from backend.queues.configs import ExtractionConfig
+from backend.jobtypes.configs import ExtractionConfig
 from backend.search import index_asset
 from backend.storage import assets
 from backend.worker.base import JobContext

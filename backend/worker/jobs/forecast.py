@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from backend.connectors import common, connections
 from backend.connectors.connections import Connection
 from backend.connectors.forecasts import Forecast, ForecastClient
-from backend.queues.configs import ForecastSyncConfig
+from backend.jobtypes.configs import ForecastSyncConfig
 from backend.worker.base import JobContext
 
 SOURCE = KIND = "forecast"

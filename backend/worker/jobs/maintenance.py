@@ -30,10 +30,13 @@ from backend import audit
 from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import Asset, Run, RunGroup
+from backend.db.states import TERMINAL, RunStatus
 from backend.db.types import utcnow
 from backend.errors import CuratoreError, JobCancelled, JobFailed
-from backend.queues.configs import SystemMaintenanceConfig
-from backend.runs.states import TERMINAL, RunStatus
+from backend.jobtypes.configs import SystemMaintenanceConfig
+from backend.queues.stats import queue_depths
+from backend.queues.workers import online
+from backend.runs.recovery import sweep
 from backend.worker.base import JobContext
 from backend.worker.jobs.deletion import purge_runs
 
@@ -184,7 +187,6 @@ def _families(cutoff: datetime, roots: list[uuid.UUID]) -> tuple[list[list[uuid.
 
 
 def stale_runs(ctx: JobContext, config: SystemMaintenanceConfig) -> dict[str, Any]:
-    from backend.runs.recovery import sweep
 
     result = sweep()
     moved = ", ".join(f"{n} {rule}" for rule, n in result.items() if n) or "nothing to recover"
@@ -253,8 +255,6 @@ def orphans(ctx: JobContext, config: SystemMaintenanceConfig) -> dict[str, Any]:
 
 
 def health(ctx: JobContext, config: SystemMaintenanceConfig) -> dict[str, Any]:
-    from backend.queues.stats import queue_depths
-    from backend.queues.workers import online
 
     started = time.monotonic()
     try:

@@ -20,12 +20,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session
 
+from backend.db.engine import in_transaction
 from backend.db.models import Run, RunGroup, empty_progress
+from backend.db.states import LogLevel, RunStatus
 from backend.errors import CuratoreError, JobFailed
-from backend.queues.configs import PipelineConfig
-from backend.queues.registry import get_registry
+from backend.jobtypes.configs import PipelineConfig
+from backend.jobtypes.registry import get_registry
+from backend.queues.dispatch import dispatch_after_commit
 from backend.runs import groups, service
-from backend.runs.states import LogLevel, RunStatus
 from backend.worker.base import JobContext
 
 S = RunStatus
@@ -73,8 +75,6 @@ def _stage_ended(session: Session, group: RunGroup, child_id: uuid.UUID, outcome
     if n >= total or RunStatus(parent_status) is not S.RUNNING:
         _progress(session, parent_id, n, total, _phase(n, key), key)
         return  # the last stage, or the pipeline was cancelled: no further stage
-    from backend.queues.dispatch import dispatch_after_commit
-
     following = stages[n]
     key = following["run_type"]
     name = group.hook_config["name"]
@@ -125,8 +125,6 @@ PIPELINE = groups.GroupKind(on_child_ended=_stage_ended, end_parent=_end_pipelin
 
 def stage_runs(pipeline_run_id: uuid.UUID, session: Session | None = None) -> list[Run]:
     """The stages of a pipeline run, in order."""
-    from backend.db.engine import in_transaction
-
     query = (select(Run).where(Run.parent_run_id == pipeline_run_id).order_by(Run.created_at, Run.id)
              .execution_options(populate_existing=True))  # statuses were just written with plain UPDATEs
     return list(in_transaction(lambda s: s.execute(query).scalars().all(), session))

@@ -8,7 +8,7 @@ from typing import Any
 
 from backend import procedures
 from backend.errors import CuratoreError, JobCancelled, JobFailed
-from backend.queues.configs import ProcedureConfig
+from backend.jobtypes.configs import ProcedureConfig
 from backend.worker.base import JobContext
 
 

@@ -34,7 +34,7 @@ from backend.db.models import Asset, ExternalRecord
 from backend.db.types import utcnow
 from backend.errors import CuratoreError, UnsupportedFile
 from backend.extract.formats import SIGNATURES, decode_text
-from backend.queues.configs import SalesforceImportConfig
+from backend.jobtypes.configs import SalesforceImportConfig
 from backend.storage import assets
 from backend.worker.base import JobContext
 

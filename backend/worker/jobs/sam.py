@@ -18,7 +18,7 @@ from typing import Any
 from backend.connectors import common, connections
 from backend.connectors.sam import SamClient, SamError
 from backend.errors import InvalidConfig
-from backend.queues.configs import SamPullConfig, SamRefreshConfig
+from backend.jobtypes.configs import SamPullConfig, SamRefreshConfig
 from backend.worker.base import JobContext
 
 SOURCE, KIND = "sam", "opportunity"

@@ -27,7 +27,7 @@ from backend.db.models import Asset
 from backend.db.types import utcnow
 from backend.errors import CuratoreError, UnsupportedFile
 from backend.extract.formats import extract
-from backend.queues.configs import ScrapeConfig
+from backend.jobtypes.configs import ScrapeConfig
 from backend.search import index_asset, unindex_asset
 from backend.storage import assets
 from backend.worker.base import JobContext

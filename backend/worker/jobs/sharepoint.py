@@ -21,7 +21,7 @@ from typing import Any
 from backend.connectors import common, connections
 from backend.connectors.graph import DeltaExpired, GraphDrive
 from backend.db.types import utcnow
-from backend.queues.configs import SharePointSyncConfig
+from backend.jobtypes.configs import SharePointSyncConfig
 from backend.worker.base import JobContext
 
 CONNECTOR = "sharepoint"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.queues.configs import UploadConfig
+from backend.jobtypes.configs import UploadConfig
 from backend.worker.base import JobContext
 
 

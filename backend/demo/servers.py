@@ -22,17 +22,17 @@ that elsewhere (an attacker): it records every request and answers each one alik
 The connector jobs reach these servers through connections (``backend/connectors/connections.py``):
 ``demo_environment`` gives ``curatore dev``'s processes connections to the sample servers.
 
-``python -m backend.connectors.devservers`` serves all three with sample data until Ctrl-C.
+``python -m backend.demo.servers`` serves all three with sample data until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
 import mimetypes
-from collections.abc import Mapping
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.config import get_settings
 from backend.errors import CuratoreError, InvalidConfig, UnknownRunType
-from backend.queues import configs as c
+from backend.jobtypes import configs as c
 from backend.validation import MAX_CONFIG_BYTES, check_input
 
 

@@ -20,6 +20,8 @@ from kombu.transport.sqlalchemy import Channel as _Channel
 from kombu.transport.sqlalchemy import Transport as _Transport
 from sqlalchemy import event
 
+from backend.db.engine import private_file
+
 ALIAS = "curatore-sqla"
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,6 @@ class Channel(_Channel):
         engine = super()._engine_from_config()
         if engine.dialect.name == "sqlite":
             if engine.url.database and engine.url.database != ":memory:":
-                from backend.db.engine import private_file
-
                 try:
                     private_file(Path(engine.url.database))  # queued messages carry run ids and configs
                 except OSError:

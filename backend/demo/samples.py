@@ -1,7 +1,7 @@
 """Sample jobs of every type, so a first start is not an empty page (SPEC 9.1a).
 
-They work on the bundled files under ``assets/samples`` and ``assets/sample-exports``; the connector and
-scrape samples use the local stand-in servers that ``curatore dev`` starts (``CURATORE_DEMO_SERVERS_PORT``).
+They work on the bundled files under ``files/samples`` and ``files/sample-exports`` beside this module; the
+connector and scrape samples use the local stand-in servers that ``curatore dev`` starts (``CURATORE_DEMO_SERVERS_PORT``).
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from backend.auth.orgs import system_org
-from backend.config import PROJECT_ROOT, get_settings
+from backend.config import get_settings
 from backend.db.models import Run
+from backend.db.states import RunOrigin
+from backend.demo.servers import DEMO_CONNECTIONS, demo_urls
 from backend.errors import CuratoreError
 from backend.queues.dispatch import submit_run
-from backend.runs.states import RunOrigin
 from backend.storage.assets import store_bytes
 
-SAMPLES_DIR = PROJECT_ROOT / "assets" / "samples"
-EXPORTS_DIR = PROJECT_ROOT / "assets" / "sample-exports"
+FILES_DIR = Path(__file__).resolve().parent / "files"
+SAMPLES_DIR = FILES_DIR / "samples"
+EXPORTS_DIR = FILES_DIR / "sample-exports"
 
 
 def sample_files() -> list[Path]:
@@ -65,8 +67,6 @@ def start_samples(organization_id: uuid.UUID, created_by: str = "demo", system_a
         start("system_maintenance", {"handlers": ["health", "orphans"]}, "Health check", system_org().id)
     port = get_settings().demo_servers_port
     if port:
-        from backend.connectors.devservers import DEMO_CONNECTIONS, demo_urls
-
         urls = demo_urls(port)
         demo = {kind: name for kind, (name, _) in DEMO_CONNECTIONS.items()}  # `curatore dev` configures them
         start("sharepoint_sync", {"sync_config_id": "demo-drive", "drive_id": "drive-demo",
