@@ -233,33 +233,54 @@ def transition(
         if not allowed(current, to) or (expect is not None and current not in expect):
             _refused(session, run_id, current, to, message)
             return None
-        now = utcnow()
-        stamp = _stamps(to, now) | (values or {})
-        result = session.execute(
-            update(Run).where(Run.id == run_id, Run.status == current).values(**stamp).execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
-            continue  # another writer changed the status first: look again
-        event = _add_log(
-            session,
-            run_id,
-            level,
-            event_type or EVENT_TYPES[to],
-            message,
-            {"from": current.value, "to": to.value} | (context or {}),
-        )
-        changed = {k: v for k, v in stamp.items() if k != "status" and not hasattr(v, "compile")}
-        outbox.append(
-            session,
-            run_id,
-            "status",
-            {"status": to.value, "from": current.value, "fields": _json_safe(changed), "event": _event_payload(event)},
-        )
-        after_commit(session, outbox.notify)
-        if to.is_terminal:
-            _on_terminal(session, run_id, to)
-        return current
+        if _move(session, run_id, current, to, message, level=level, event_type=event_type, context=context,
+                 values=values):
+            return current
+        # another writer changed the status first: look again
     raise InvalidTransition(f"Run {run_id} kept changing; gave up moving it to {to.value}.")
+
+
+def _move(
+    session: Session,
+    run_id: uuid.UUID,
+    current: RunStatus,
+    to: RunStatus,
+    message: str,
+    *,
+    level: LogLevel = LogLevel.INFO,
+    event_type: str | None = None,
+    context: dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """The compare-and-set: ``current`` → ``to`` if the run is still ``current``, with its stamps, log line
+    and outbox row. False (nothing written) when another writer changed the status first."""
+    now = utcnow()
+    stamp = _stamps(to, now) | (values or {})
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.status == current).values(**stamp)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    event = _add_log(
+        session,
+        run_id,
+        level,
+        event_type or EVENT_TYPES[to],
+        message,
+        {"from": current.value, "to": to.value} | (context or {}),
+    )
+    changed = {k: v for k, v in stamp.items() if k != "status" and not hasattr(v, "compile")}
+    outbox.append(
+        session,
+        run_id,
+        "status",
+        {"status": to.value, "from": current.value, "fields": _json_safe(changed), "event": _event_payload(event)},
+    )
+    after_commit(session, outbox.notify)
+    if to.is_terminal:
+        _on_terminal(session, run_id, to)
+    return True
 
 
 def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: str) -> None:
@@ -430,21 +451,25 @@ def request_cancel(run_id: uuid.UUID, by: str | None = None, reason: str | None 
     note = f": {reason}" if reason else ""
 
     def write(s: Session) -> RunStatus:
-        current = _status_in(s, run_id)
-        if current.is_terminal:
-            raise InvalidTransition(f"Run {run_id} already ended ({current.value}); it cannot be cancelled.")
-        if current is S.CANCELLING:
-            return current
-        target = S.CANCELLED if current in (S.PENDING, S.SUBMITTED) else S.CANCELLING
-        message = ("Cancelled before it started" if target is S.CANCELLED else "Cancel requested") + who + note
-        ctx = {"by": by, "stage": "requested"}
-        if transition(s, run_id, target, message, level=LogLevel.WARN, context=ctx) is None:
-            return _status_in(s, run_id)
-        if target is S.CANCELLED:
-            task_id = s.execute(select(Run.celery_task_id).where(Run.id == run_id)).scalar_one()
-            if task_id:
-                _drop_task_after_commit(s, task_id)
-        return target
+        for _ in range(20):
+            current = _status_in(s, run_id)
+            if current.is_terminal:
+                raise InvalidTransition(f"Run {run_id} already ended ({current.value}); it cannot be cancelled.")
+            if current is S.CANCELLING:
+                return current
+            # Decided from the status just read; if a worker started the run meanwhile, the compare-and-set
+            # finds it running and the cancel is decided again (cancelling), never dropped.
+            target = S.CANCELLED if current in (S.PENDING, S.SUBMITTED) else S.CANCELLING
+            message = ("Cancelled before it started" if target is S.CANCELLED else "Cancel requested") + who + note
+            if not _move(s, run_id, current, target, message, level=LogLevel.WARN,
+                         context={"by": by, "stage": "requested"}):
+                continue
+            if target is S.CANCELLED:
+                task_id = s.execute(select(Run.celery_task_id).where(Run.id == run_id)).scalar_one()
+                if task_id:
+                    _drop_task_after_commit(s, task_id)
+            return target
+        raise InvalidTransition(f"Run {run_id} kept changing; gave up cancelling it.")
 
     return in_transaction(write)
 

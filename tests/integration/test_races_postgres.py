@@ -8,6 +8,9 @@ so the calls really overlap.
 - cancel vs. complete: 200 running runs; one process cancels each
   (``request_cancel`` then ``mark_cancelled``) while another completes it. Every
   run ends exactly once, and its ``status`` outbox rows form one valid chain.
+- cancel vs. start: 300 submitted runs; one process cancels each while another starts it. A cancel is never
+  lost: the run ends cancelled (the cancel came first) or is cancelling (the start came first), and the cancel
+  says which.
 - groups of 50 children finished by 4 processes at once (some sealed up front,
   some sealed by a fifth process while the children end): exact counters, each
   group finalized once, its parent ended once, its completion hook fired once,
@@ -77,6 +80,22 @@ def _cancel_each(barrier: Any, run_ids: list[str]) -> list[tuple[str, bool]]:
     return out
 
 
+def _request_cancel_each(barrier: Any, run_ids: list[str]) -> list[str]:
+    out = []
+    for rid in map(uuid.UUID, run_ids):
+        barrier.wait(BARRIER_TIMEOUT)
+        out.append(service.request_cancel(rid, by="racer").value)
+    return out
+
+
+def _start_each(barrier: Any, run_ids: list[str]) -> list[bool]:
+    out = []
+    for rid in map(uuid.UUID, run_ids):
+        barrier.wait(BARRIER_TIMEOUT)
+        out.append(service.start(rid, 1, "racer", 300))
+    return out
+
+
 def _complete_each(barrier: Any, run_ids: list[str]) -> list[bool]:
     out = []
     for rid in map(uuid.UUID, run_ids):
@@ -111,7 +130,8 @@ def _seal_groups(barrier: Any, plan: list[tuple[str | None, float]]) -> list[boo
     return out
 
 
-ROLES = {"cancel": _cancel_each, "complete": _complete_each, "finish": _finish_children, "seal": _seal_groups}
+ROLES = {"cancel": _cancel_each, "request_cancel": _request_cancel_each, "start": _start_each,
+         "complete": _complete_each, "finish": _finish_children, "seal": _seal_groups}
 
 
 def _process_main(key: str, role: str, env: dict[str, str], barrier: Any, results: Any, arg: Any) -> None:
@@ -238,6 +258,36 @@ def test_cancel_racing_complete_ends_each_run_once(pg_backend):
     outcomes = Counter(s.value for s in final.values())
     print(f"cancel vs complete over {TRIALS} trials: {dict(outcomes)}")
     assert sum(outcomes.values()) == TRIALS
+
+
+# --------------------------------------------------------------------------- cancel vs. start
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+def test_a_cancel_racing_a_start_is_never_lost(pg_backend):
+    org = ensure_org("acme", "Acme")
+    run_ids = []
+    for _ in range(300):
+        run = service.create_run("extraction", {"asset_id": str(uuid.uuid4())}, organization_id=org.id)
+        assert service.mark_submitted(run.id, f"task-{run.id.hex[:8]}") == 1
+        run_ids.append(run.id)
+    ids = [str(r) for r in run_ids]
+
+    out = run_processes(pg_backend.env, [("cancel", "request_cancel", ids), ("start", "start", ids)])
+
+    final = statuses(run_ids)
+    refused_cancels = [e for e in log_events(run_ids, "transition_refused")
+                       if e.context["to"] in ("cancelled", "cancelling")]
+    assert not refused_cancels, [e.message for e in refused_cancels]
+    for rid, answered, started in zip(run_ids, out["cancel"], out["start"], strict=True):
+        if started:  # the start came first: the cancel must find it running and ask it to stop
+            assert (answered, final[rid]) == ("cancelling", S.CANCELLING), (rid, answered, final[rid])
+        else:  # the cancel came first: the start was refused
+            assert (answered, final[rid]) == ("cancelled", S.CANCELLED), (rid, answered, final[rid])
+    outcomes = Counter(s.value for s in final.values())
+    print(f"cancel vs start over 300 trials: {dict(outcomes)}")
+    assert sum(outcomes.values()) == 300
 
 
 # --------------------------------------------------------------------------- a group finished by 4 processes
