@@ -1,4 +1,4 @@
-"""A job type for benchmarks: progress updates at a steady pace, each stamped with the time it was sent."""
+"""Job types for benchmarks: progress updates at a steady pace, each stamped with the time it was sent; a no-op."""
 
 from __future__ import annotations
 
@@ -29,7 +29,17 @@ def run_progress_bench(ctx: Any, config: ProgressBenchConfig) -> dict[str, Any]:
     return {"sent": sent}
 
 
+class NoopConfig(JobConfig):
+    pass
+
+
+def run_noop(ctx: Any, config: NoopConfig) -> dict[str, Any]:
+    """Nothing: what a run's life costs on its own (``bench.throughput``)."""
+    return {}
+
+
 JOB_TYPES = [
+    JobType("bench_noop", "No-op", "circle", "gray", "default", 60, (), NoopConfig, run_noop),
     JobType("bench_progress", "Progress benchmark", "gauge", "gray", "default", 600, ("measuring",),
             ProgressBenchConfig, run_progress_bench),
 ]

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, Text
+from sqlalchemy import BigInteger, Column, Index, Text, text
 from sqlmodel import Field, SQLModel
 
 from backend.db.states import LogLevel, RunOrigin, RunStatus
@@ -150,11 +150,18 @@ class RunLogEvent(SQLModel, table=True):
 
 
 class OutboxEvent(SQLModel, table=True):
-    """A change to a run, in commit order: what the live bridge pushes to browsers."""
+    """A change to a run: what the live bridge pushes to browsers. ``seq`` is the order rows were written in;
+    ``pos``, the order they committed in, is assigned by the relay (``backend.runs.outbox.relay``)."""
 
     __tablename__ = "outbox_events"
+    __table_args__ = (
+        Index("uq_outbox_events_pos", "pos", unique=True),
+        Index("ix_outbox_events_unnumbered", "seq", postgresql_where=text("pos IS NULL"),
+              sqlite_where=text("pos IS NULL")),
+    )
 
     seq: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    pos: int | None = Field(default=None, sa_type=BigInteger)
     organization_id: uuid.UUID = Field(index=True)
     run_id: uuid.UUID = Field(index=True)
     kind: str = Field(max_length=24)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import timedelta
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -21,6 +22,7 @@ from backend.db.states import RunOrigin, RunStatus
 from backend.db.types import utcnow
 from backend.errors import BrokerUnavailable, NotCapable
 from backend.jobtypes.registry import get_registry
+from backend.queues import dispatcher
 from backend.queues.dispatcher import dispatch_pending, kick
 from backend.runs import service
 from backend.runs.queries import get_run
@@ -35,7 +37,24 @@ def dispatch(run_id: uuid.UUID) -> bool:
     :class:`BrokerUnavailable` is raised: whoever submitted it hears so at once.
     """
     queue = in_transaction(lambda s: s.execute(select(Run.queue).where(Run.id == run_id)).scalar_one())
-    outcome = dispatch_pending([queue])
+    return _published(run_id, dispatch_pending([queue]))
+
+
+def create_and_dispatch(create: Callable[[Session], Run]) -> Run:
+    """``create(session)`` writes a pending run; a dispatch pass over its queue claims it (or not) in the same
+    transaction, and publishes after the commit: one transaction for what used to take three. Raises like
+    :func:`dispatch` when the broker is down."""
+
+    def write(s: Session) -> tuple[Run, list[dispatcher.Claimed] | None]:
+        run = create(s)
+        return run, dispatcher.claim(s, run.queue)
+
+    run, claimed = in_transaction(write)
+    _published(run.id, dispatch_pending([run.queue]) if claimed is None else dispatcher.publish(claimed))
+    return run
+
+
+def _published(run_id: uuid.UUID, outcome: dict[uuid.UUID, Exception | None]) -> bool:
     if run_id not in outcome:
         return False
     exc = outcome[run_id]
@@ -60,9 +79,7 @@ def dispatch_after_commit(session: Session, run_id: uuid.UUID) -> None:
 
 def submit_run(run_type: str, config: dict[str, Any], **kwargs: Any) -> Run:
     """Create a run and dispatch it. Raises before writing if the type or config is invalid."""
-    run = service.create_run(run_type, config, **kwargs)
-    dispatch(run.id)
-    return run
+    return create_and_dispatch(lambda s: service.create_run(run_type, config, session=s, **kwargs))
 
 
 def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:
@@ -74,22 +91,26 @@ def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:
         raise NotCapable(f"{job_type.label} runs cannot be retried.")
     if status not in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED):
         raise NotCapable(f"Only failed, timed-out or cancelled runs can be retried; this one is {status.value}.")
-    run = service.create_run(
-        original.run_type,
-        original.config,
-        organization_id=original.organization_id,
-        origin=RunOrigin(original.origin),
-        priority=original.priority,
-        created_by=created_by or original.created_by,
-        display_name=original.display_name,
-        input_asset_ids=original.input_asset_ids,
-        retry_of=original.id,
-        attempt=original.attempt + 1,
-    )
-    service.add_log(run.id, "INFO", "retry", f"Retry of {original.id} (attempt {run.attempt})",
-                    {"retry_of": str(original.id)})
-    dispatch(run.id)
-    return run
+
+    def create(s: Session) -> Run:
+        run = service.create_run(
+            original.run_type,
+            original.config,
+            organization_id=original.organization_id,
+            origin=RunOrigin(original.origin),
+            priority=original.priority,
+            created_by=created_by or original.created_by,
+            display_name=original.display_name,
+            input_asset_ids=original.input_asset_ids,
+            retry_of=original.id,
+            attempt=original.attempt + 1,
+            session=s,
+        )
+        service.add_log(run.id, "INFO", "retry", f"Retry of {original.id} (attempt {run.attempt})",
+                        {"retry_of": str(original.id)}, session=s)
+        return run
+
+    return create_and_dispatch(create)
 
 
 def schedule_retry(run_id: uuid.UUID) -> Run:

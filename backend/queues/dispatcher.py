@@ -94,11 +94,14 @@ def _lock_key(queue: str) -> int:
     return 0x44495300 + zlib.crc32(queue.encode()) % 100_000  # "DIS" + queue
 
 
-def _claim(session: Any, queue: str) -> list[Claimed]:
+def claim(session: Any, queue: str) -> list[Claimed] | None:
+    """Claim the runs that may go now from ``queue`` (pending → submitted) in ``session``'s transaction, to be
+    published after it commits (:func:`publish`). None when another dispatcher is serving the queue (PostgreSQL):
+    run a pass after the commit instead (:func:`kick`), so a run created in this transaction is not missed."""
     registry = get_registry()
     if session.get_bind().dialect.name == "postgresql":
         if not session.execute(select(func.pg_try_advisory_xact_lock(_lock_key(queue)))).scalar_one():
-            return []  # another dispatcher is serving this queue right now
+            return None  # another dispatcher is serving this queue right now
     limit = registry.queues[queue].max_concurrency
     active = session.execute(
         select(Run.organization_id, Run.run_type, func.count())
@@ -143,15 +146,36 @@ def dispatch_pending(queues: Iterable[str] | None = None) -> dict[uuid.UUID, Exc
     for queue in sorted(set(queues or get_registry().queues)):
         if queue not in get_registry().queues:
             continue
-        for c in in_transaction(lambda s, q=queue: _claim(s, q)):
-            try:
-                celery_link.publish(c.task_name, c.queue, c.run_id, c.attempt, c.task_id, c.timeout)
-                outcome[c.run_id] = None
-            except celery_link.BROKER_ERRORS as exc:
-                outcome[c.run_id] = exc
-                service.requeue(c.run_id, f"The broker could not be reached ({type(exc).__name__}); "
-                                          "the run goes back to the queue")
+        outcome |= publish(in_transaction(lambda s, q=queue: claim(s, q)) or [])
     return outcome
+
+
+def publish(claimed: list[Claimed]) -> dict[uuid.UUID, Exception | None]:
+    """Publish claimed runs (after the claiming transaction committed); a run whose publish fails goes back
+    to pending. Returns each run with its publish error, if any."""
+    outcome: dict[uuid.UUID, Exception | None] = {}
+    for c in claimed:
+        try:
+            celery_link.publish(c.task_name, c.queue, c.run_id, c.attempt, c.task_id, c.timeout)
+            outcome[c.run_id] = None
+        except celery_link.BROKER_ERRORS as exc:
+            outcome[c.run_id] = exc
+            service.requeue(c.run_id, f"The broker could not be reached ({type(exc).__name__}); "
+                                      "the run goes back to the queue")
+    return outcome
+
+
+def kick_if_waiting(queue: str) -> None:
+    """After a run freed its slot: a dispatch pass only when runs of ``queue`` wait for one (one cheap read,
+    without the write lock, when none do). Never raises."""
+    waiting = select(Run.id).where(Run.status == S.PENDING, Run.queue == queue).limit(1)
+    try:
+        if in_transaction(lambda s: s.execute(waiting).first(), read_only=True) is None:
+            return
+    except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+        log.warning("dispatch check for %s failed: %s", queue, exc)
+        return
+    kick(queue)
 
 
 def kick(queue: str) -> None:

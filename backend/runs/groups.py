@@ -147,10 +147,9 @@ _COUNTER = {S.COMPLETED: "completed", S.FAILED: "failed", S.TIMED_OUT: "failed",
 
 
 @service.on_terminal
-def _run_ended(session: Session, run_id: uuid.UUID, outcome: RunStatus) -> None:
-    group_id = session.execute(select(Run.group_id).where(Run.id == run_id)).scalar_one()
-    if group_id is not None:
-        child_finished(session, group_id, run_id, outcome)
+def _run_ended(session: Session, run_id: uuid.UUID, outcome: RunStatus, route: Any) -> None:
+    if route.group_id is not None:
+        child_finished(session, route.group_id, run_id, outcome)
 
 
 def child_finished(session: Session, group_id: uuid.UUID, run_id: uuid.UUID, outcome: RunStatus) -> None:

@@ -1,9 +1,12 @@
 """The event outbox: one row per change to a run, written in the change's transaction.
 
-On PostgreSQL a transaction-scoped advisory lock is taken before the row is
-inserted, so sequence numbers become visible in commit order: a reader that
-follows ``seq > cursor`` never skips a row that commits late. (SQLite already
-serializes writers.) After commit, :func:`notify` wakes listeners through Redis.
+Writers take no lock: a row's ``seq`` is handed out when it is inserted, and on PostgreSQL a row with a lower
+``seq`` may commit after one with a higher. So readers do not follow ``seq``: :func:`relay` gives committed
+rows their ``pos``, in order, after every row numbered before (one relay at a time: an advisory lock on
+PostgreSQL, the write lock on SQLite), and a reader following ``pos > cursor`` (:func:`read_after`) never
+skips a row that commits late: it has no ``pos`` until it has committed, and then gets a higher one. Rows of
+one run keep their order (a change of a run waits for the previous one to commit: the run's row is locked).
+After commit, :func:`notify` wakes listeners through Redis.
 """
 
 from __future__ import annotations
@@ -12,43 +15,45 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, update
 from sqlmodel import Session
 
 from backend.config import get_settings
-from backend.db.engine import in_transaction
+from backend.db.engine import after_commit, in_transaction
 from backend.db.models import OutboxEvent, Run
+from backend.db.types import utcnow
 
 log = logging.getLogger(__name__)
 
-OUTBOX_LOCK_KEY = 0x43555241  # "CURA"
+RELAY_LOCK_KEY = 0x43555241  # "CURA"
+RELAY_BATCH = 5000
 NOTIFY_CHANNEL = "curatore:outbox"
 
 
-def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, Any]) -> None:
-    """Record a change of ``run_id``; the payload also names the run's type, parent and resource,
-    so listeners can route it without reading the run."""
-    row = session.execute(
-        select(Run.organization_id, Run.run_type, Run.display_name, Run.parent_run_id, Run.resource_type,
-               Run.resource_id).where(
-            Run.id == run_id
-        )
-    ).one()
+ROUTE_COLUMNS = (Run.organization_id, Run.run_type, Run.display_name, Run.parent_run_id, Run.resource_type,
+                 Run.resource_id)
+
+
+def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, Any], route: Any = None) -> None:
+    """Record a change of ``run_id``; the payload also names the run's type, parent and resource, so listeners
+    can route it without reading the run. ``route``: those columns (:data:`ROUTE_COLUMNS`), when the caller
+    has them already (read from the run otherwise). Listeners are woken once the transaction commits."""
+    if route is None:
+        route = session.execute(select(*ROUTE_COLUMNS).where(Run.id == run_id)).one()
     payload = payload | {
         "run": {
-            "run_type": row.run_type,
-            "display_name": row.display_name,
-            "parent_run_id": str(row.parent_run_id) if row.parent_run_id else None,
-            "resource_type": row.resource_type,
-            "resource_id": row.resource_id,
+            "run_type": route.run_type,
+            "display_name": route.display_name,
+            "parent_run_id": str(route.parent_run_id) if route.parent_run_id else None,
+            "resource_type": route.resource_type,
+            "resource_id": route.resource_id,
         }
     }
-    organization_id = row.organization_id
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": OUTBOX_LOCK_KEY})
-    session.add(OutboxEvent(organization_id=organization_id, run_id=run_id, kind=kind, payload=payload))
-    session.flush()
-    session.info["outbox_dirty"] = True
+    session.execute(insert(OutboxEvent).values(organization_id=route.organization_id, run_id=run_id, kind=kind,
+                                               payload=payload, created_at=utcnow()))
+    if not session.info.get("outbox_notify"):
+        session.info["outbox_notify"] = True
+        after_commit(session, notify)
 
 
 _redis_client = None
@@ -71,18 +76,43 @@ def notify() -> None:
         _redis_client = None
 
 
+def relay(session: Session) -> int:
+    """Give the committed rows without a position theirs, in ``seq`` order, after the highest one given;
+    returns how many. Does nothing while another relay runs (PostgreSQL), which numbers them instead."""
+    if session.get_bind().dialect.name == "postgresql":
+        if not session.execute(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))).scalar_one():
+            return 0
+    waiting = session.execute(select(OutboxEvent.seq).where(OutboxEvent.pos.is_(None))
+                              .order_by(OutboxEvent.seq).limit(RELAY_BATCH)).scalars().all()
+    if not waiting:
+        return 0
+    top = session.execute(select(func.coalesce(func.max(OutboxEvent.pos), 0))).scalar_one()
+    session.execute(update(OutboxEvent), [{"seq": seq, "pos": top + n} for n, seq in enumerate(waiting, 1)])
+    return len(waiting)
+
+
+def _relay_if_waiting() -> None:
+    unnumbered = select(OutboxEvent.seq).where(OutboxEvent.pos.is_(None)).limit(1)
+    while in_transaction(lambda s: s.execute(unnumbered).first(), read_only=True) is not None:
+        if in_transaction(relay) < RELAY_BATCH:
+            return
+
+
 def last_seq() -> int:
-    """The newest outbox sequence number (0 when empty)."""
-    return in_transaction(lambda s: s.execute(select(func.coalesce(func.max(OutboxEvent.seq), 0))).scalar_one())
+    """The newest outbox position (0 when empty)."""
+    _relay_if_waiting()
+    return in_transaction(lambda s: s.execute(select(func.coalesce(func.max(OutboxEvent.pos), 0))).scalar_one(),
+                          read_only=True)
 
 
 def read_after(seq: int, limit: int = 1000) -> list[dict[str, Any]]:
-    """Outbox rows after ``seq``, oldest first, as plain dicts."""
-    stmt = select(OutboxEvent).where(OutboxEvent.seq > seq).order_by(OutboxEvent.seq).limit(limit)
-    rows = in_transaction(lambda s: s.execute(stmt).scalars().all())
+    """Outbox rows after position ``seq``, in commit order, as plain dicts (``seq``: the row's position)."""
+    _relay_if_waiting()
+    stmt = select(OutboxEvent).where(OutboxEvent.pos > seq).order_by(OutboxEvent.pos).limit(limit)
+    rows = in_transaction(lambda s: s.execute(stmt).scalars().all(), read_only=True)
     return [
         {
-            "seq": r.seq,
+            "seq": r.pos,
             "organization_id": str(r.organization_id),
             "run_id": str(r.run_id),
             "kind": r.kind,

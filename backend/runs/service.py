@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlmodel import Session
 
 from backend.db.engine import after_commit, in_transaction
@@ -36,14 +36,15 @@ MAX_MESSAGE = 4000
 # What other parts of the engine do when a run changes, registered by them (the state machine imports
 # neither groups nor Celery): run groups count a child's end in its terminal transaction; the Celery link
 # revokes the task of a run that ended before it started, after the commit.
-TerminalHook = Callable[[Session, uuid.UUID, RunStatus], None]
+TerminalHook = Callable[[Session, uuid.UUID, RunStatus, Any], None]
 TaskDroppedHook = Callable[[str], None]
 _terminal_hooks: list[TerminalHook] = []
 _task_dropped_hooks: list[TaskDroppedHook] = []
 
 
 def on_terminal(fn: TerminalHook) -> TerminalHook:
-    """Register ``fn(session, run_id, status)``, called inside every transaction that ends a run."""
+    """Register ``fn(session, run_id, status, route)``, called inside every transaction that ends a run
+    (``route``: the run's :data:`ROUTE` columns, read by the transition that ended it)."""
     if fn not in _terminal_hooks:
         _terminal_hooks.append(fn)
     return fn
@@ -80,28 +81,18 @@ def _add_log(
     event_type: str,
     message: str,
     context: dict[str, Any] | None,
-) -> RunLogEvent:
-    event = RunLogEvent(
-        run_id=run_id,
-        level=level,
-        event_type=event_type[:40],
-        message=message[:MAX_MESSAGE],
-        context=_json_safe(context or {}),
-    )
-    session.add(event)
-    session.flush()
+) -> dict[str, Any]:
+    """Insert one activity-log line; returns it as the outbox carries it."""
+    values = {"run_id": run_id, "level": LogLevel(level), "event_type": event_type[:40],
+              "message": message[:MAX_MESSAGE], "context": _json_safe(context or {}), "created_at": utcnow()}
+    event_id = session.execute(insert(RunLogEvent).values(**values).returning(RunLogEvent.id)).scalar_one()
+    return {"id": event_id, "level": values["level"].value, "event_type": values["event_type"],
+            "message": values["message"], "context": values["context"],
+            "created_at": values["created_at"].isoformat()}
+
+
+def _event_payload(event: dict[str, Any]) -> dict[str, Any]:
     return event
-
-
-def _event_payload(event: RunLogEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "level": event.level.value,
-        "event_type": event.event_type,
-        "message": event.message,
-        "context": event.context,
-        "created_at": event.created_at.isoformat(),
-    }
 
 
 # --------------------------------------------------------------------------- creation
@@ -165,8 +156,7 @@ def create_run(
         s.add(run)
         s.flush()
         event = _add_log(s, run.id, LogLevel.INFO, "created", f"{job_type.label} run created", {"origin": origin.value})
-        outbox.append(s, run.id, "created", {"status": S.PENDING.value, "event": _event_payload(event)})
-        after_commit(s, outbox.notify)
+        outbox.append(s, run.id, "created", {"status": S.PENDING.value, "event": _event_payload(event)}, route=run)
         return run
 
     return in_transaction(write, session)
@@ -211,6 +201,11 @@ def _stamps(to: RunStatus, now: datetime) -> dict[str, Any]:
     return values
 
 
+# What a transition reads back from the run it changed (UPDATE … RETURNING): the outbox's routing columns,
+# the run's group (for the terminal hooks) and its dispatch attempt (for mark_submitted).
+ROUTE = (*outbox.ROUTE_COLUMNS, Run.group_id, Run.dispatch_attempt)
+
+
 def transition(
     session: Session,
     run_id: uuid.UUID,
@@ -222,19 +217,27 @@ def transition(
     context: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
     expect: set[RunStatus] | None = None,
+    likely: RunStatus | None = None,
 ) -> RunStatus | None:
     """Move a run to ``to`` if the table allows it from its current status.
 
     Returns the status it came from, or None when refused (a WARN line records
     the refusal; nothing else changes). ``expect`` narrows the allowed sources.
+    ``likely``: the status the caller expects the run to be in; the compare-and-set is tried from it first,
+    without reading the status (when the run is in another status it matches nothing, and the status is
+    read and decided as usual).
     """
+    if likely is not None and allowed(likely, to) and (expect is None or likely in expect):
+        if _move(session, run_id, likely, to, message, level=level, event_type=event_type, context=context,
+                 values=values) is not None:
+            return likely
     for _ in range(20):
         current = _status_in(session, run_id)
         if not allowed(current, to) or (expect is not None and current not in expect):
             _refused(session, run_id, current, to, message)
             return None
         if _move(session, run_id, current, to, message, level=level, event_type=event_type, context=context,
-                 values=values):
+                 values=values) is not None:
             return current
         # another writer changed the status first: look again
     raise InvalidTransition(f"Run {run_id} kept changing; gave up moving it to {to.value}.")
@@ -251,17 +254,20 @@ def _move(
     event_type: str | None = None,
     context: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
-) -> bool:
-    """The compare-and-set: ``current`` → ``to`` if the run is still ``current``, with its stamps, log line
-    and outbox row. False (nothing written) when another writer changed the status first."""
+    guard: Any = None,
+) -> Any:
+    """The compare-and-set: ``current`` → ``to`` if the run is still ``current`` (and ``guard``, an extra
+    condition, holds), with its stamps, log line and outbox row, in one UPDATE … RETURNING and two INSERTs.
+    Returns the run's :data:`ROUTE` row, or None (nothing written) when the run is not in ``current``."""
     now = utcnow()
     stamp = _stamps(to, now) | (values or {})
-    result = session.execute(
-        update(Run).where(Run.id == run_id, Run.status == current).values(**stamp)
+    conditions = [Run.id == run_id, Run.status == current] + ([guard] if guard is not None else [])
+    route = session.execute(
+        update(Run).where(*conditions).values(**stamp).returning(*ROUTE)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        return False
+    ).first()
+    if route is None:
+        return None
     event = _add_log(
         session,
         run_id,
@@ -276,11 +282,11 @@ def _move(
         run_id,
         "status",
         {"status": to.value, "from": current.value, "fields": _json_safe(changed), "event": _event_payload(event)},
+        route=route,
     )
-    after_commit(session, outbox.notify)
     if to.is_terminal:
-        _on_terminal(session, run_id, to)
-    return True
+        _on_terminal(session, run_id, to, route)
+    return route
 
 
 def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: str) -> None:
@@ -296,15 +302,16 @@ def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunSta
     outbox.append(session, run_id, "log", {"event": _event_payload(event)})
 
 
-def _on_terminal(session: Session, run_id: uuid.UUID, to: RunStatus) -> None:
+def _on_terminal(session: Session, run_id: uuid.UUID, to: RunStatus, route: Any) -> None:
     for hook in _terminal_hooks:
-        hook(session, run_id, to)
+        hook(session, run_id, to, route)
 
 
 # --------------------------------------------------------------------------- named transitions
 
 
-def _change(run_id: uuid.UUID, to: RunStatus, message: str, session: Session | None = None, **kw: Any) -> RunStatus | None:
+def _change(run_id: uuid.UUID, to: RunStatus, message: str, session: Session | None = None,
+            **kw: Any) -> RunStatus | None:
     return in_transaction(lambda s: transition(s, run_id, to, message, **kw), session)
 
 
@@ -312,19 +319,12 @@ def mark_submitted(run_id: uuid.UUID, celery_task_id: str, session: Session | No
     """pending → submitted; returns the new dispatch attempt, or None if refused."""
 
     def write(s: Session) -> int | None:
-        came_from = transition(
-            s,
-            run_id,
-            S.SUBMITTED,
-            "Queued for a worker",
-            values={
-                "celery_task_id": celery_task_id,
-                "submitted_to_celery_at": utcnow(),
-                "dispatch_attempt": Run.dispatch_attempt + 1,
-            },
-            expect={S.PENDING},
-        )
-        if came_from is None:
+        values = {"celery_task_id": celery_task_id, "submitted_to_celery_at": utcnow(),
+                  "dispatch_attempt": Run.dispatch_attempt + 1}
+        route = _move(s, run_id, S.PENDING, S.SUBMITTED, "Queued for a worker", values=values)
+        if route is not None:
+            return int(route.dispatch_attempt)
+        if transition(s, run_id, S.SUBMITTED, "Queued for a worker", values=values, expect={S.PENDING}) is None:
             return None
         return s.execute(select(Run.dispatch_attempt).where(Run.id == run_id)).scalar_one()
 
@@ -341,6 +341,12 @@ def start_and_load(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_
     a worker has nothing more to read before its heartbeat takes over."""
 
     def write(s: Session) -> Run | None:
+        now = utcnow()
+        values = {"worker_hostname": worker[:200], "lease_expires_at": now + timedelta(seconds=lease_seconds)}
+        # The usual case in one compare-and-set: submitted, for this very dispatch attempt.
+        if _move(s, run_id, S.SUBMITTED, S.RUNNING, f"Started on {worker}", values=values,
+                 guard=Run.dispatch_attempt == dispatch_attempt) is not None:
+            return s.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()
         current = s.execute(select(Run.dispatch_attempt).where(Run.id == run_id)).scalar_one_or_none()
         if current is None:
             raise RunNotFound(f"No run with id {run_id}.")
@@ -375,7 +381,6 @@ def set_priority(run_id: uuid.UUID, priority: int, by: str, session: Session | N
         event = _add_log(s, run_id, LogLevel.INFO, "boost", f"Priority {old} → {priority} (boosted by {by})",
                          {"from": old, "to": priority, "by": by})
         outbox.append(s, run_id, "log", {"event": _event_payload(event), "priority": priority})
-        after_commit(s, outbox.notify)
         return priority
 
     return in_transaction(write, session)
@@ -409,7 +414,8 @@ def force_kill(run_id: uuid.UUID, by: str) -> bool:
 
 
 def complete(run_id: uuid.UUID, results: dict[str, Any] | None = None, message: str = "Completed") -> bool:
-    return _change(run_id, S.COMPLETED, message, values={"results_summary": _json_safe(results or {})}) is not None
+    return _change(run_id, S.COMPLETED, message, values={"results_summary": _json_safe(results or {})},
+                   likely=S.RUNNING) is not None
 
 
 def fail(
@@ -425,13 +431,14 @@ def fail(
         values["results_summary"] = _json_safe(results)
     context = {"traceback": traceback} if traceback else None
     return (
-        _change(run_id, S.FAILED, error, session, level=LogLevel.ERROR, values=values, context=context) is not None
+        _change(run_id, S.FAILED, error, session, level=LogLevel.ERROR, values=values, context=context,
+                likely=S.RUNNING) is not None
     )
 
 
 def time_out(run_id: uuid.UUID, message: str, *, expect: set[RunStatus] | None = None) -> bool:
     return _change(run_id, S.TIMED_OUT, message, level=LogLevel.ERROR, values={"error_message": message},
-                   expect=expect) is not None
+                   expect=expect, likely=S.RUNNING) is not None
 
 
 def mark_cancelled(
@@ -496,10 +503,9 @@ def add_log(
 
     def write(s: Session) -> None:
         event = _add_log(s, run_id, level, event_type, message, context)
-        s.execute(update(Run).where(Run.id == run_id).values(last_activity_at=utcnow()))
-        outbox.append(s, run_id, "log", {"event": _event_payload(event)})
-        _revive_if_stale(s, run_id)
-        after_commit(s, outbox.notify)
+        route = _touch(s, run_id)
+        outbox.append(s, run_id, "log", {"event": _event_payload(event)}, route=route)
+        _revive_if_stale(s, run_id, route.status)
 
     in_transaction(write, session)
 
@@ -508,10 +514,10 @@ def set_progress(run_id: uuid.UUID, progress: dict[str, Any], session: Session |
     """Write the run's progress (callers coalesce: see ``backend.runs.progress``)."""
 
     def write(s: Session) -> None:
-        s.execute(update(Run).where(Run.id == run_id).values(progress=_json_safe(progress), last_activity_at=utcnow()))
-        outbox.append(s, run_id, "progress", {"progress": _json_safe(progress)})
-        _revive_if_stale(s, run_id)
-        after_commit(s, outbox.notify)
+        safe = _json_safe(progress)
+        route = _touch(s, run_id, progress=safe)
+        outbox.append(s, run_id, "progress", {"progress": safe}, route=route)
+        _revive_if_stale(s, run_id, route.status)
 
     in_transaction(write, session)
 
@@ -540,8 +546,20 @@ def heartbeat(run_id: uuid.UUID, lease_seconds: float) -> RunStatus:
     return in_transaction(write)
 
 
-def _revive_if_stale(session: Session, run_id: uuid.UUID) -> None:
-    status = session.execute(select(Run.status).where(Run.id == run_id)).scalar_one()
+def _touch(session: Session, run_id: uuid.UUID, **values: Any) -> Any:
+    """Record activity on the run (and ``values``); returns its routing columns and status."""
+    route = session.execute(
+        update(Run).where(Run.id == run_id).values(last_activity_at=utcnow(), **values)
+        .returning(*outbox.ROUTE_COLUMNS, Run.status).execution_options(synchronize_session=False)
+    ).first()
+    if route is None:
+        raise RunNotFound(f"No run with id {run_id}.")
+    return route
+
+
+def _revive_if_stale(session: Session, run_id: uuid.UUID, status: Any = None) -> None:
+    if status is None:
+        status = session.execute(select(Run.status).where(Run.id == run_id)).scalar_one()
     if status == S.STALE:
         transition(session, run_id, S.RUNNING, "Activity resumed", expect={S.STALE})
 

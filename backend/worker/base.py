@@ -29,7 +29,7 @@ from backend.db.states import LogLevel, RunStatus
 from backend.errors import CuratoreError, DatabaseUnavailable, JobCancelled, NotFound
 from backend.jobtypes.registry import JobType, get_registry
 from backend.queues.dispatch import dispatch_after_commit, schedule_retry
-from backend.queues.dispatcher import kick
+from backend.queues.dispatcher import kick_if_waiting
 from backend.runs import groups, service
 from backend.runs.progress import ProgressTracker
 
@@ -214,7 +214,7 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     finally:
         ctx._finishing = True
         beat.stop()
-        kick(job_type.queue)  # this run's slot is free: let the next one in
+        kick_if_waiting(job_type.queue)  # this run's slot is free: let the next one in
 
 
 def _run_executor(ctx: JobContext) -> str:
@@ -286,7 +286,8 @@ def _flush_quietly(ctx: JobContext) -> None:
 
 def _finish(ctx: JobContext, results: dict[str, Any]) -> str:
     rid = ctx.run_id
-    group = groups.group_of(rid)
+    # A run that never made a group (this time, or in an earlier delivery) has none to read.
+    group = groups.group_of(rid) if ctx._group_id is not None or ctx.run.is_group_parent else None
     if group is not None:
         service.set_results(rid, results)
         n = ctx.children_spawned

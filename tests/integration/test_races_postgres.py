@@ -260,6 +260,37 @@ def test_cancel_racing_complete_ends_each_run_once(pg_backend):
     assert sum(outcomes.values()) == TRIALS
 
 
+# --------------------------------------------------------------------------- a late commit in the outbox
+
+
+@pytest.mark.postgres
+def test_a_reader_never_skips_an_outbox_row_that_commits_late(pg_backend):
+    """No writer takes a lock for the outbox: a row written first may commit last. The relay numbers rows as
+    they commit, so a reader following positions sees it after the one that committed first, not never."""
+    from backend.db.engine import transaction
+    from backend.runs import outbox
+
+    org = ensure_org("acme", "Acme")
+    first, second = (service.create_run("extraction", {"asset_id": str(uuid.uuid4())}, organization_id=org.id)
+                     for _ in range(2))
+    cursor = outbox.last_seq()
+    with transaction() as slow:
+        service.add_log(first.id, "INFO", "note", "written first, committed last", session=slow)
+        service.add_log(second.id, "INFO", "note", "written second, committed first")
+        seen = outbox.read_after(cursor)
+        assert [(e["run_id"], e["payload"]["event"]["message"]) for e in seen] == \
+            [(str(second.id), "written second, committed first")]
+        cursor = seen[-1]["seq"]
+    late = outbox.read_after(cursor)
+    assert [(e["run_id"], e["payload"]["event"]["message"]) for e in late] == \
+        [(str(first.id), "written first, committed last")]
+    assert late[0]["seq"] > cursor
+    rows = in_transaction(lambda s: s.execute(select(OutboxEvent.seq, OutboxEvent.pos).where(
+        OutboxEvent.run_id.in_([first.id, second.id]), OutboxEvent.kind == "log").order_by(OutboxEvent.seq)).all())
+    (first_seq, first_pos), (second_seq, second_pos) = rows
+    assert first_seq < second_seq and first_pos > second_pos  # what a reader following seq would have skipped
+
+
 # --------------------------------------------------------------------------- cancel vs. start
 
 

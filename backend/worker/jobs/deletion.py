@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, inspect, select, text, update
+from sqlalchemy import delete, func, inspect, or_, select, text, update
 from sqlmodel import Session
 
 from backend.db.engine import get_engine, in_transaction
@@ -223,12 +223,14 @@ def purge_runs(s: Session, levels: Sequence[Sequence[uuid.UUID]]) -> dict[str, i
     """Delete runs (given parents before children, as :func:`descendants` returns them) with their log events,
     outbox rows and run groups, in ``s``'s transaction. Runs elsewhere that were retries of them lose the link.
 
-    The newest outbox row is kept even if it belongs to one of them: on SQLite a deleted highest sequence
-    number would be handed out again, and a live reader past it would skip the new row.
+    The newest outbox rows (by ``seq`` and by ``pos``) are kept even if they belong to one of them: a deleted
+    highest number would be handed out again (by SQLite, by the relay), and a live reader past it would skip
+    the new row.
     """
     every = [rid for level in levels for rid in level]
     counts = {"runs": 0, "log_events": 0, "outbox_events": 0, "run_groups": 0}
     newest = s.execute(select(func.max(OutboxEvent.seq))).scalar_one()
+    newest_pos = s.execute(select(func.max(OutboxEvent.pos))).scalar_one()
     for chunk in _chunks(every):
         s.execute(update(Run).where(Run.retry_of.in_(chunk)).values(retry_of=None)
                   .execution_options(synchronize_session=False))
@@ -236,6 +238,8 @@ def purge_runs(s: Session, levels: Sequence[Sequence[uuid.UUID]]) -> dict[str, i
         outbox = delete(OutboxEvent).where(OutboxEvent.run_id.in_(chunk))
         if newest is not None:
             outbox = outbox.where(OutboxEvent.seq < newest)
+        if newest_pos is not None:
+            outbox = outbox.where(or_(OutboxEvent.pos.is_(None), OutboxEvent.pos < newest_pos))
         counts["outbox_events"] += s.execute(outbox).rowcount
     for level in reversed(levels):  # children first: a parent row is referenced by its children's rows
         for chunk in _chunks(list(level)):
