@@ -10,6 +10,7 @@ from kombu import Queue
 
 from backend.queues import broker  # the same kombu transports (the tuned SQLite one, Redis) as the engine
 
+
 def make_app() -> Celery:
     """A new app on the broker the environment names (the worker's, or a fresh producer for each run)."""
     celery = Celery("bare")

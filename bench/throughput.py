@@ -216,9 +216,8 @@ def statements_per_run(samples: int = 20) -> dict[str, float]:
     from sqlalchemy import event
 
     from backend.auth.orgs import ensure_org
-    from backend.db.engine import get_engine
+    from backend.db.engine import get_engine, in_transaction
     from backend.db.models import Run
-    from backend.db.engine import in_transaction
     from backend.queues.dispatch import submit_run
     from backend.worker.base import execute
 

@@ -91,10 +91,6 @@ def _add_log(
             "created_at": values["created_at"].isoformat()}
 
 
-def _event_payload(event: dict[str, Any]) -> dict[str, Any]:
-    return event
-
-
 # --------------------------------------------------------------------------- creation
 
 
@@ -156,7 +152,7 @@ def create_run(
         s.add(run)
         s.flush()
         event = _add_log(s, run.id, LogLevel.INFO, "created", f"{job_type.label} run created", {"origin": origin.value})
-        outbox.append(s, run.id, "created", {"status": S.PENDING.value, "event": _event_payload(event)}, route=run)
+        outbox.append(s, run.id, "created", {"status": S.PENDING.value, "event": event}, route=run)
         return run
 
     return in_transaction(write, session)
@@ -281,7 +277,7 @@ def _move(
         session,
         run_id,
         "status",
-        {"status": to.value, "from": current.value, "fields": _json_safe(changed), "event": _event_payload(event)},
+        {"status": to.value, "from": current.value, "fields": _json_safe(changed), "event": event},
         route=route,
     )
     if to.is_terminal:
@@ -299,7 +295,7 @@ def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunSta
         f"Refused to move from {current.value} to {to.value}: {message}",
         {"from": current.value, "to": to.value},
     )
-    outbox.append(session, run_id, "log", {"event": _event_payload(event)})
+    outbox.append(session, run_id, "log", {"event": event})
 
 
 def _on_terminal(session: Session, run_id: uuid.UUID, to: RunStatus, route: Any) -> None:
@@ -356,16 +352,7 @@ def start_and_load(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_
                 f"Ignored a delivery for dispatch {dispatch_attempt}; the current one is {current}", {"worker": worker},
             )
             return None
-        now = utcnow()
-        came_from = transition(
-            s,
-            run_id,
-            S.RUNNING,
-            f"Started on {worker}",
-            values={"worker_hostname": worker[:200], "lease_expires_at": now + timedelta(seconds=lease_seconds)},
-            expect={S.SUBMITTED},
-        )
-        if came_from is None:
+        if transition(s, run_id, S.RUNNING, f"Started on {worker}", values=values, expect={S.SUBMITTED}) is None:
             return None
         return s.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()
 
@@ -380,7 +367,7 @@ def set_priority(run_id: uuid.UUID, priority: int, by: str, session: Session | N
         s.execute(update(Run).where(Run.id == run_id).values(priority=priority))
         event = _add_log(s, run_id, LogLevel.INFO, "boost", f"Priority {old} → {priority} (boosted by {by})",
                          {"from": old, "to": priority, "by": by})
-        outbox.append(s, run_id, "log", {"event": _event_payload(event), "priority": priority})
+        outbox.append(s, run_id, "log", {"event": event, "priority": priority})
         return priority
 
     return in_transaction(write, session)
@@ -468,8 +455,8 @@ def request_cancel(run_id: uuid.UUID, by: str | None = None, reason: str | None 
             # finds it running and the cancel is decided again (cancelling), never dropped.
             target = S.CANCELLED if current in (S.PENDING, S.SUBMITTED) else S.CANCELLING
             message = ("Cancelled before it started" if target is S.CANCELLED else "Cancel requested") + who + note
-            if not _move(s, run_id, current, target, message, level=LogLevel.WARN,
-                         context={"by": by, "stage": "requested"}):
+            if _move(s, run_id, current, target, message, level=LogLevel.WARN,
+                     context={"by": by, "stage": "requested"}) is None:
                 continue
             if target is S.CANCELLED:
                 task_id = s.execute(select(Run.celery_task_id).where(Run.id == run_id)).scalar_one()
@@ -504,7 +491,7 @@ def add_log(
     def write(s: Session) -> None:
         event = _add_log(s, run_id, level, event_type, message, context)
         route = _touch(s, run_id)
-        outbox.append(s, run_id, "log", {"event": _event_payload(event)}, route=route)
+        outbox.append(s, run_id, "log", {"event": event}, route=route)
         _revive_if_stale(s, run_id, route.status)
 
     in_transaction(write, session)
