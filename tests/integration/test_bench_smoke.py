@@ -1,0 +1,33 @@
+"""The benchmarks still run: a small, untimed run of ``bench.throughput`` on both backends (speed is judged by
+the benchmark's own ratios, in docs/benchmarks.md, never by a test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PG_ADMIN_URL, REDIS_URL, _pg_reachable, _redis_reachable, require
+from tests.processes import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_the_throughput_bench_runs_on_both_backends(tmp_path: Path) -> None:
+    require(_pg_reachable())
+    require(_redis_reachable())
+    out = tmp_path / "results.json"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CURATORE_BENCH_PG_ADMIN_URL": PG_ADMIN_URL,
+           "CURATORE_BENCH_REDIS_URL": REDIS_URL.rsplit("/", 1)[0] + "/10"}
+    result = subprocess.run([sys.executable, "-m", "bench.throughput", "--runs", "12", "--embedded-runs", "6",
+                             "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ratio engine / bare" in result.stdout
+    results = {r["mode"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {"pg", "embedded"}
+    for r in results.values():
+        assert r["engine"]["rate"] > 0 and r["bare"]["rate"] > 0
+        assert r["statements"]["submit_transactions"] == 1  # create and dispatch in one transaction
