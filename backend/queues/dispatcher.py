@@ -165,12 +165,17 @@ def publish(claimed: list[Claimed]) -> dict[uuid.UUID, Exception | None]:
     return outcome
 
 
+def waiting(session: Any, queue: str) -> bool:
+    """Whether runs of ``queue`` wait for a slot (one indexed read)."""
+    return session.execute(select(Run.id).where(Run.status == S.PENDING, Run.queue == queue).limit(1)).first() \
+        is not None
+
+
 def kick_if_waiting(queue: str) -> None:
     """After a run freed its slot: a dispatch pass only when runs of ``queue`` wait for one (one cheap read,
     without the write lock, when none do). Never raises."""
-    waiting = select(Run.id).where(Run.status == S.PENDING, Run.queue == queue).limit(1)
     try:
-        if in_transaction(lambda s: s.execute(waiting).first(), read_only=True) is None:
+        if not in_transaction(lambda s: waiting(s, queue), read_only=True):
             return
     except Exception as exc:  # noqa: BLE001 - the next sweep tries again
         log.warning("dispatch check for %s failed: %s", queue, exc)

@@ -15,12 +15,13 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ARRAY, Text, bindparam, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session
 
 from backend.config import get_settings
 from backend.db.engine import after_commit, in_transaction
-from backend.db.models import OutboxEvent, Run
+from backend.db.models import OutboxEvent, Run, RunLogEvent
 from backend.db.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,13 @@ ROUTE_COLUMNS = (Run.organization_id, Run.run_type, Run.display_name, Run.parent
                  Run.resource_id)
 
 
-def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, Any], route: Any = None) -> None:
+def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, Any], route: Any = None,
+           log_row: dict[str, Any] | None = None) -> None:
     """Record a change of ``run_id``; the payload also names the run's type, parent and resource, so listeners
     can route it without reading the run. ``route``: those columns (:data:`ROUTE_COLUMNS`), when the caller
-    has them already (read from the run otherwise). Listeners are woken once the transaction commits."""
+    has them already (read from the run otherwise). ``log_row``: an activity-log line to insert with it, whose
+    id the payload's ``event`` then carries (on PostgreSQL both rows in one statement). Listeners are woken
+    once the transaction commits."""
     if route is None:
         route = session.execute(select(*ROUTE_COLUMNS).where(Run.id == run_id)).one()
     payload = payload | {
@@ -49,8 +53,20 @@ def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, An
             "resource_id": route.resource_id,
         }
     }
-    session.execute(insert(OutboxEvent).values(organization_id=route.organization_id, run_id=run_id, kind=kind,
-                                               payload=payload, created_at=utcnow()))
+    row = {"organization_id": route.organization_id, "run_id": run_id, "kind": kind, "created_at": utcnow()}
+    if log_row is None:
+        session.execute(insert(OutboxEvent).values(payload=payload, **row))
+    elif session.get_bind().dialect.name == "postgresql":
+        line = insert(RunLogEvent).values(**log_row).returning(RunLogEvent.id).cte("line")
+        with_id = func.jsonb_set(bindparam("payload", payload, type_=JSONB), literal(["event", "id"], ARRAY(Text)),
+                                 func.to_jsonb(line.c.id))
+        columns = [*row, "payload"]
+        session.execute(insert(OutboxEvent).from_select(
+            columns, select(*(literal(v, OutboxEvent.__table__.c[k].type) for k, v in row.items()), with_id)))
+    else:
+        payload["event"]["id"] = session.execute(
+            insert(RunLogEvent).values(**log_row).returning(RunLogEvent.id)).scalar_one()
+        session.execute(insert(OutboxEvent).values(payload=payload, **row))
     if not session.info.get("outbox_notify"):
         session.info["outbox_notify"] = True
         after_commit(session, notify)

@@ -82,13 +82,29 @@ def _add_log(
     message: str,
     context: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Insert one activity-log line; returns it as the outbox carries it."""
-    values = {"run_id": run_id, "level": LogLevel(level), "event_type": event_type[:40],
-              "message": message[:MAX_MESSAGE], "context": _json_safe(context or {}), "created_at": utcnow()}
-    event_id = session.execute(insert(RunLogEvent).values(**values).returning(RunLogEvent.id)).scalar_one()
-    return {"id": event_id, "level": values["level"].value, "event_type": values["event_type"],
-            "message": values["message"], "context": values["context"],
-            "created_at": values["created_at"].isoformat()}
+    """Insert one activity-log line (no outbox row: see :func:`_record`)."""
+    row = _log_row(run_id, level, event_type, message, context)
+    event_id = session.execute(insert(RunLogEvent).values(**row).returning(RunLogEvent.id)).scalar_one()
+    return _event(row) | {"id": event_id}
+
+
+def _log_row(run_id: uuid.UUID, level: LogLevel, event_type: str, message: str,
+             context: dict[str, Any] | None) -> dict[str, Any]:
+    return {"run_id": run_id, "level": LogLevel(level), "event_type": event_type[:40],
+            "message": message[:MAX_MESSAGE], "context": _json_safe(context or {}), "created_at": utcnow()}
+
+
+def _event(row: dict[str, Any]) -> dict[str, Any]:
+    """A log line as the outbox carries it (``id`` filled in when it is inserted)."""
+    return {"id": None, "level": row["level"].value, "event_type": row["event_type"], "message": row["message"],
+            "context": row["context"], "created_at": row["created_at"].isoformat()}
+
+
+def _record(session: Session, run_id: uuid.UUID, level: LogLevel, event_type: str, message: str,
+            context: dict[str, Any] | None, kind: str, payload: dict[str, Any], route: Any = None) -> None:
+    """A log line and the outbox row that carries it (``payload`` plus ``event``: the line)."""
+    row = _log_row(run_id, level, event_type, message, context)
+    outbox.append(session, run_id, kind, payload | {"event": _event(row)}, route=route, log_row=row)
 
 
 # --------------------------------------------------------------------------- creation
@@ -151,8 +167,8 @@ def create_run(
         )
         s.add(run)
         s.flush()
-        event = _add_log(s, run.id, LogLevel.INFO, "created", f"{job_type.label} run created", {"origin": origin.value})
-        outbox.append(s, run.id, "created", {"status": S.PENDING.value, "event": event}, route=run)
+        _record(s, run.id, LogLevel.INFO, "created", f"{job_type.label} run created", {"origin": origin.value},
+                "created", {"status": S.PENDING.value}, route=run)
         return run
 
     return in_transaction(write, session)
@@ -251,35 +267,26 @@ def _move(
     context: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
     guard: Any = None,
+    entity: bool = False,
 ) -> Any:
     """The compare-and-set: ``current`` → ``to`` if the run is still ``current`` (and ``guard``, an extra
     condition, holds), with its stamps, log line and outbox row, in one UPDATE … RETURNING and two INSERTs.
-    Returns the run's :data:`ROUTE` row, or None (nothing written) when the run is not in ``current``."""
+    Returns the run's :data:`ROUTE` row (``entity``: the whole :class:`Run`), or None (nothing written) when
+    the run is not in ``current``."""
     now = utcnow()
     stamp = _stamps(to, now) | (values or {})
     conditions = [Run.id == run_id, Run.status == current] + ([guard] if guard is not None else [])
-    route = session.execute(
-        update(Run).where(*conditions).values(**stamp).returning(*ROUTE)
-        .execution_options(synchronize_session=False)
-    ).first()
+    changed_run = update(Run).where(*conditions).values(**stamp).execution_options(synchronize_session=False)
+    if entity:
+        route = session.scalars(changed_run.returning(Run).execution_options(populate_existing=True)).first()
+    else:
+        route = session.execute(changed_run.returning(*ROUTE)).first()
     if route is None:
         return None
-    event = _add_log(
-        session,
-        run_id,
-        level,
-        event_type or EVENT_TYPES[to],
-        message,
-        {"from": current.value, "to": to.value} | (context or {}),
-    )
     changed = {k: v for k, v in stamp.items() if k != "status" and not hasattr(v, "compile")}
-    outbox.append(
-        session,
-        run_id,
-        "status",
-        {"status": to.value, "from": current.value, "fields": _json_safe(changed), "event": event},
-        route=route,
-    )
+    _record(session, run_id, level, event_type or EVENT_TYPES[to], message,
+            {"from": current.value, "to": to.value} | (context or {}),
+            "status", {"status": to.value, "from": current.value, "fields": _json_safe(changed)}, route=route)
     if to.is_terminal:
         _on_terminal(session, run_id, to, route)
     return route
@@ -287,15 +294,9 @@ def _move(
 
 def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: str) -> None:
     log.info("refused transition of run %s: %s -> %s", run_id, current.value, to.value)
-    event = _add_log(
-        session,
-        run_id,
-        LogLevel.WARN,
-        "transition_refused",
-        f"Refused to move from {current.value} to {to.value}: {message}",
-        {"from": current.value, "to": to.value},
-    )
-    outbox.append(session, run_id, "log", {"event": event})
+    _record(session, run_id, LogLevel.WARN, "transition_refused",
+            f"Refused to move from {current.value} to {to.value}: {message}", {"from": current.value, "to": to.value},
+            "log", {})
 
 
 def _on_terminal(session: Session, run_id: uuid.UUID, to: RunStatus, route: Any) -> None:
@@ -340,9 +341,10 @@ def start_and_load(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_
         now = utcnow()
         values = {"worker_hostname": worker[:200], "lease_expires_at": now + timedelta(seconds=lease_seconds)}
         # The usual case in one compare-and-set: submitted, for this very dispatch attempt.
-        if _move(s, run_id, S.SUBMITTED, S.RUNNING, f"Started on {worker}", values=values,
-                 guard=Run.dispatch_attempt == dispatch_attempt) is not None:
-            return s.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()
+        started = _move(s, run_id, S.SUBMITTED, S.RUNNING, f"Started on {worker}", values=values,
+                        guard=Run.dispatch_attempt == dispatch_attempt, entity=True)
+        if started is not None:
+            return started
         current = s.execute(select(Run.dispatch_attempt).where(Run.id == run_id)).scalar_one_or_none()
         if current is None:
             raise RunNotFound(f"No run with id {run_id}.")
@@ -365,9 +367,8 @@ def set_priority(run_id: uuid.UUID, priority: int, by: str, session: Session | N
     def write(s: Session) -> int:
         old = s.execute(select(Run.priority).where(Run.id == run_id)).scalar_one()
         s.execute(update(Run).where(Run.id == run_id).values(priority=priority))
-        event = _add_log(s, run_id, LogLevel.INFO, "boost", f"Priority {old} → {priority} (boosted by {by})",
-                         {"from": old, "to": priority, "by": by})
-        outbox.append(s, run_id, "log", {"event": event, "priority": priority})
+        _record(s, run_id, LogLevel.INFO, "boost", f"Priority {old} → {priority} (boosted by {by})",
+                {"from": old, "to": priority, "by": by}, "log", {"priority": priority})
         return priority
 
     return in_transaction(write, session)
@@ -400,8 +401,9 @@ def force_kill(run_id: uuid.UUID, by: str) -> bool:
     return in_transaction(write)
 
 
-def complete(run_id: uuid.UUID, results: dict[str, Any] | None = None, message: str = "Completed") -> bool:
-    return _change(run_id, S.COMPLETED, message, values={"results_summary": _json_safe(results or {})},
+def complete(run_id: uuid.UUID, results: dict[str, Any] | None = None, message: str = "Completed",
+             session: Session | None = None) -> bool:
+    return _change(run_id, S.COMPLETED, message, session, values={"results_summary": _json_safe(results or {})},
                    likely=S.RUNNING) is not None
 
 
@@ -489,9 +491,8 @@ def add_log(
     level = LogLevel(level)
 
     def write(s: Session) -> None:
-        event = _add_log(s, run_id, level, event_type, message, context)
         route = _touch(s, run_id)
-        outbox.append(s, run_id, "log", {"event": event}, route=route)
+        _record(s, run_id, level, event_type, message, context, "log", {}, route=route)
         _revive_if_stale(s, run_id, route.status)
 
     in_transaction(write, session)

@@ -29,7 +29,8 @@ from backend.db.states import LogLevel, RunStatus
 from backend.errors import CuratoreError, DatabaseUnavailable, JobCancelled, NotFound
 from backend.jobtypes.registry import JobType, get_registry
 from backend.queues.dispatch import dispatch_after_commit, schedule_retry
-from backend.queues.dispatcher import kick_if_waiting
+from backend.queues import dispatcher
+from backend.queues.dispatcher import kick, kick_if_waiting
 from backend.runs import groups, service
 from backend.runs.progress import ProgressTracker
 
@@ -62,6 +63,7 @@ class JobContext:
         self._group_id: uuid.UUID | None = None
         self._children = 0
         self._finishing = False  # the executor returned or raised: the heartbeat must not kill the process
+        self._queue_waiting: bool | None = None  # read when the run ended, in its last transaction
 
     # progress and log ---------------------------------------------------------------
     def progress(
@@ -214,7 +216,11 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     finally:
         ctx._finishing = True
         beat.stop()
-        kick_if_waiting(job_type.queue)  # this run's slot is free: let the next one in
+        # This run's slot is free: let the next one in (a pass only if runs wait).
+        if ctx._queue_waiting is None:
+            kick_if_waiting(job_type.queue)
+        elif ctx._queue_waiting:
+            kick(job_type.queue)
 
 
 def _run_executor(ctx: JobContext) -> str:
@@ -296,7 +302,12 @@ def _finish(ctx: JobContext, results: dict[str, Any]) -> str:
                         {"children": n})
         groups.seal(group.id)
         return "sealed"
-    if service.complete(rid, results):
+    def complete(s: Any) -> bool:
+        done = service.complete(rid, results, session=s)
+        ctx._queue_waiting = dispatcher.waiting(s, ctx.job_type.queue)
+        return done
+
+    if in_transaction(complete):
         return "completed"
     if service.mark_cancelled(rid, "Finished its work after the cancel request; kept as cancelled"):
         return "cancelled"
