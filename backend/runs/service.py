@@ -109,6 +109,8 @@ def _record(session: Session, run_id: uuid.UUID, level: LogLevel, event_type: st
 
 # --------------------------------------------------------------------------- creation
 
+_RUN_COLUMNS = tuple(Run.__table__.columns)
+
 
 def create_run(
     run_type: str,
@@ -165,8 +167,7 @@ def create_run(
             not_before=not_before,
             last_activity_at=utcnow(),
         )
-        s.add(run)
-        s.flush()
+        s.execute(insert(Run).values(**{c.key: getattr(run, c.key) for c in _RUN_COLUMNS}))
         _record(s, run.id, LogLevel.INFO, "created", f"{job_type.label} run created", {"origin": origin.value},
                 "created", {"status": S.PENDING.value}, route=run)
         return run

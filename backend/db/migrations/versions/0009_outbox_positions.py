@@ -5,8 +5,8 @@ every transition of every run waited for every other. Rows are now written with 
 (``backend.runs.outbox.relay``) numbers the committed ones in order; readers follow ``pos``. Existing rows
 keep their order (``pos = seq``).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
