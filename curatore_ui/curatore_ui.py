@@ -9,7 +9,7 @@ from curatore_ui.live import bridge
 from curatore_ui.pages import asset, home, job_detail, jobs_list, login, queues, sync_config
 from curatore_ui.pages.job_detail_state import JobDetailState
 from curatore_ui.pages.jobs_list_state import JobsListState
-from curatore_ui.state.session import SessionState
+from curatore_ui.state.session import SessionGuard, SessionState
 
 app = rx.App(api_transformer=api)
 if app.sio is not None:
@@ -18,9 +18,10 @@ if app.sio is not None:
     app.sio.eio.cors_allowed_origins = lambda origin, environ: origin_allowed(
         origin, environ.get("HTTP_HOST"), get_settings().public_urls)
 app.register_lifespan_task(bridge.run)
+app.add_middleware(SessionGuard())  # the session from the socket's cookie, before every event
 
 app.add_page(home.index, route="/", title="Curatore Jobs", on_load=SessionState.home)
-app.add_page(login.page, route="/login", title="Sign in · Curatore")
+app.add_page(login.page, route="/login", title="Sign in · Curatore", on_load=login.LoginState.load)
 for route in ("/system/jobs", "/orgs/[slug]/jobs"):
     app.add_page(jobs_list.page, route=route, title="Jobs · Curatore", on_load=JobsListState.load)
 for route in ("/system/jobs/[run_id]", "/orgs/[slug]/jobs/[run_id]"):
