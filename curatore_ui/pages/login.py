@@ -6,6 +6,7 @@ from __future__ import annotations
 import reflex as rx
 
 from backend.api.signin import LOGIN_PATH
+from curatore_ui.components.native_form import native_form
 from curatore_ui.state.session import backend_path, safe_next
 
 # Only these words are ever shown: a link cannot make the page say something of its own.
@@ -43,7 +44,7 @@ def _field(label: str, **props: object) -> rx.Component:
 def page() -> rx.Component:
     return rx.center(
         rx.card(
-            rx.el.form(
+            native_form(
                 rx.vstack(
                     rx.hstack(rx.icon("layers", size=22, color="var(--indigo-9)"), rx.heading("Curatore", size="6"),
                               align="center"),

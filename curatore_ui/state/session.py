@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import reflex as rx
+from reflex.istate.delta import _resolve_delta
 from reflex.middleware import Middleware
+from reflex.state import StateUpdate
+from reflex_base.event import Event
+from reflex_base.event.processor.base_state_processor import _hydrate_event_names
 
 from backend.api.signin import LOGOUT_PATH, safe_next, session_secret
 from backend.auth import users
@@ -84,16 +88,23 @@ class SessionGuard(Middleware):
     """Before every event: the session from the handshake's cookie; a different one than the client's vars
     were filled for resets them all (see the module's docstring)."""
 
-    async def preprocess(self, app: App, state: Any, event: Any) -> None:
+    async def preprocess(self, app: App, state: Any, event: Any) -> StateUpdate | None:
         root = state._get_root_state()
         session = await root.get_state(SessionState)
         session_id, principal, orgs = await asyncio.to_thread(_look_up, root.router.headers.cookie)
+        lost = bool(session._session_id) and not session_id
         if session_id != session._session_id:
             hydrated = root.is_hydrated
             root.reset()  # every loaded state of this client, back to its defaults
             root.is_hydrated = hydrated
             session._session_id = session_id
         session._principal = principal
+        if lost and event.name not in _hydrate_event_names() and root.router.url.path != "/login":
+            # Signed out elsewhere, disabled, expired: whatever the event, the page is emptied and goes to login.
+            delta = await _resolve_delta(root.get_delta())
+            root._clean()
+            path = quote(root.router.url.path or "/")
+            return StateUpdate(delta=delta, events=Event.from_event_type(rx.redirect(f"/login?next={path}")))
         if principal is not None:
             if session.email != principal.name:
                 session.email = principal.name
