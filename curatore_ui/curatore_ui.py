@@ -6,7 +6,7 @@ from backend.api.edges import origin_allowed
 from backend.config import get_settings
 from curatore_ui.api_mount import api
 from curatore_ui.live import bridge
-from curatore_ui.pages import asset, home, job_detail, jobs_list, login, queues, sync_config
+from curatore_ui.pages import account, asset, audit, home, job_detail, jobs_list, login, members, queues, sync_config
 from curatore_ui.pages.job_detail_state import JobDetailState
 from curatore_ui.pages.jobs_list_state import JobsListState
 from curatore_ui.state.session import SessionGuard, SessionState
@@ -30,3 +30,8 @@ app.add_page(queues.page, route="/system/queues", title="Queues · Curatore", on
 app.add_page(asset.page, route="/orgs/[slug]/assets/[asset_id]", title="Asset · Curatore", on_load=asset.AssetState.load)
 app.add_page(sync_config.page, route="/orgs/[slug]/syncs/[sync_config_id]", title="SharePoint sync · Curatore",
              on_load=sync_config.SyncConfigState.load)
+# Accounts (issue 15): members and audit per organization (its admins), the whole audit log (system admins).
+app.add_page(members.page, route="/orgs/[slug]/members", title="Members · Curatore", on_load=members.MembersState.load)
+for route in ("/orgs/[slug]/audit", "/system/audit"):
+    app.add_page(audit.page, route=route, title="Audit log · Curatore", on_load=audit.AuditState.load)
+app.add_page(account.page, route="/account", title="Account · Curatore", on_load=account.AccountState.load)

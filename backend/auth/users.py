@@ -72,6 +72,13 @@ def memberships(user_id: uuid.UUID) -> list[tuple[Organization, str]]:
     return [(org, role) for org, role in in_transaction(lambda s: s.execute(stmt).all())]
 
 
+def members(organization_id: uuid.UUID) -> list[tuple[User, str]]:
+    """The organization's users and their roles, by email."""
+    stmt = (select(User, Membership.role).join(Membership, Membership.user_id == User.id)
+            .where(Membership.organization_id == organization_id).order_by(User.email))
+    return [(user, role) for user, role in in_transaction(lambda s: s.execute(stmt).all())]
+
+
 def authenticate(email: str, password: str, address: str | None = None) -> User | None:
     """The user with this email and password, or None (same answer for an unknown email or a disabled user).
 

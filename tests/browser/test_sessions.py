@@ -6,8 +6,10 @@ gets 401); repeated failures lock sign-in, even with the right password, until t
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,6 +20,7 @@ from tests.browser.conftest import ADMIN, _applied, log_in
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 COOKIE = "curatore_session"
+SHOTS = Path(os.environ.get("CURATORE_SHOTS_DIR", "/tmp"))  # where the Members and Audit pages are photographed
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def test_the_session_is_http_only_and_a_client_token_alone_grants_nothing(app, b
         context.close()
 
 
-def test_a_disabled_user_loses_their_open_page_at_its_next_event_and_their_token(app, anonymous_page, people):  # type: ignore[no-untyped-def]
+def test_a_disabled_user_loses_their_open_page_at_its_next_event_and_their_token(app, browser, anonymous_page, people):  # type: ignore[no-untyped-def]
     from backend import actions
     from backend.auth.access import Principal
     from backend.auth.users import get_user
@@ -87,7 +90,23 @@ def test_a_disabled_user_loses_their_open_page_at_its_next_event_and_their_token
     api = f"{app.url}/api/v1/ops/runs"
     assert httpx.get(api, headers={"Authorization": f"Bearer {people['token']}"}).status_code == 200
 
-    actions.set_user_disabled(Principal.of(get_user(ADMIN[0])), "dora@demo.test", True)
+    admin_context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:  # an admin disables her on the Members page
+        admin = admin_context.new_page()
+        admin.set_default_timeout(20_000)
+        log_in(admin, app.url, *ADMIN)
+        admin.goto(f"{app.url}/orgs/demo/members")
+        row = admin.locator('[data-testid=member-row][data-email="dora@demo.test"]')
+        row.locator("[data-testid=member-menu]").click()
+        admin.locator("[data-testid=member-disable]").click()
+        expect(admin.locator("[data-testid=members-notice]")).to_contain_text("dora@demo.test is disabled")
+        expect(row).to_contain_text("Disabled")
+        admin.screenshot(path=str(SHOTS / "members.png"))
+        admin.goto(f"{app.url}/system/audit")  # account actions belong to no one organization
+        expect(admin.locator("[data-testid=audit-row][data-action=user_disable]").first).to_be_visible()
+        admin.screenshot(path=str(SHOTS / "audit.png"))
+    finally:
+        admin_context.close()
 
     assert httpx.get(api, headers={"Authorization": f"Bearer {people['token']}"}).status_code == 401
     page.locator("[data-testid=type-tab]").first.click()  # any event of the open page
