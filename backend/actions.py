@@ -33,7 +33,8 @@ from backend.validation import storable
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACTIONS: dict[str, Callable[..., Any]] = {}
-READS = ("visible_run", "require_submit", "visible_schedule", "visible_user", "shown_log_context", "action")
+READS = ("visible_run", "require_submit", "visible_schedule", "visible_user", "shown_log_context", "action",
+         "members", "audit_page")
 # The arguments a refused entry names (never a password or a config).
 _NAMED = ("run_id", "organization_id", "run_type", "name", "email", "org_id", "role", "token_id")
 
@@ -238,6 +239,23 @@ def _require_membership_change(principal: Principal, user: User, organization_id
     principal.require("manage", organization_id, "That organization")
     if user.is_system_admin and not principal.is_system_admin:
         raise Forbidden("Only system admins change a system admin's account.")
+
+
+def members(principal: Principal, organization_id: uuid.UUID) -> list[tuple[User, str]]:
+    """The organization's members and roles, for its admins (and system admins)."""
+    principal.require("manage", organization_id, "That organization")
+    return users.members(organization_id)
+
+
+def audit_page(principal: Principal, organization_id: uuid.UUID | None, **filters: Any) -> tuple[list[Any], int | None]:
+    """A page of the audit log: an organization's, for its admins; the whole log (``organization_id`` None, with
+    sign-ins and refusals against things out of sight), for system admins only. Filters: see ``audit.page``."""
+    if organization_id is None:
+        if not principal.is_system_admin:
+            raise Forbidden("The system-wide audit log is for system admins.")
+    else:
+        principal.require("manage", organization_id, "That organization")
+    return audit.page(organization_id, **filters)
 
 
 @action

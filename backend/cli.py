@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from backend import actions
 from backend.auth.access import Principal
 from backend.auth.orgs import check_slug, ensure_org, get_org, refuse_members
-from backend.auth.users import create_token, create_user, get_user, memberships, revoke_token, set_role
+from backend.auth.users import get_user, memberships
 from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.migrate import upgrade
@@ -333,9 +333,8 @@ def users_create(email: str, password: str | None, password_stdin: bool, name: s
         password = sys.stdin.readline().rstrip("\r\n")
     elif password is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    user = create_user(email, password, name=name, system_admin=system_admin)
-    if org is not None:
-        set_role(user.id, org.id, role or "member")
+    user = actions.create_user(_operator(), email, password, name=name, system_admin=system_admin,
+                               organization_id=org.id if org else None, role=role or "member")
     where = f", {role or 'member'} in {org.slug}" if org else ""
     click.echo(f"{user.id}  {user.email}{'  system admin' if system_admin else ''}{where}")
 
@@ -346,9 +345,9 @@ def users_create(email: str, password: str | None, password_stdin: bool, name: s
 @click.option("--role", type=ROLE_CHOICE, required=True)
 def users_role(email: str, org_slug: str, role: str) -> None:
     """Set a user's role in an organization (adds the membership if needed)."""
-    user, org = get_user(email), get_org(org_slug)
-    set_role(user.id, org.id, role)
-    click.echo(f"{user.email}  {role} in {org.slug}")
+    org = get_org(org_slug)
+    actions.set_role(_operator(), email, org.id, role)
+    click.echo(f"{shown(email.strip().lower())}  {role} in {org.slug}")
 
 
 def _operator() -> Any:
@@ -430,10 +429,10 @@ def tokens() -> None:
 @click.option("--days", type=click.IntRange(min=1), default=None, help="Expires after this many days (default: never).")
 def tokens_create(email: str, name: str, days: int | None) -> None:
     """Create a token for a user and print it, once: it cannot be shown again."""
-    user = get_user(email)
-    token, secret = create_token(user.id, name, days)
+    token, secret = actions.create_token(_operator(), email, name, days)
     expires = f"expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "never expires"
-    click.echo(f"token {token.id} ({name}) for {user.email}, {expires}; it is shown only this once:", err=True)
+    click.echo(f"token {token.id} ({shown(name)}) for {shown(email.strip().lower())}, {expires}; it is shown only "
+               "this once:", err=True)
     click.echo(secret)
 
 
@@ -441,16 +440,9 @@ def tokens_create(email: str, name: str, days: int | None) -> None:
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
     """Revoke a token by its id (from `curatore tokens list`): the API refuses it from now on."""
-    try:
-        tid = uuid.UUID(token_id)
-    except ValueError:
-        raise CuratoreError(f"{token_id!r} is not a token id (a UUID, see `curatore tokens list EMAIL`).") from None
-    token = in_transaction(lambda s: s.get(ApiToken, tid))
-    if token is None:
-        raise NotFound(f"No token {tid}.")
-    if token.revoked_at is None:
-        revoke_token(tid)
-    click.echo(f"revoked {tid} ({token.name})")
+    token = actions.revoke_token(_operator(), token_id)
+    tid = token.id
+    click.echo(f"revoked {tid} ({shown(token.name)})")
 
 
 @tokens.command("list")

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # Prefix of every broker key in Redis, so several deployments (or test runs) can share one Redis.
     broker_key_prefix: str = ""
     secret_key: str = DEV_SECRET
+    # Browser sign-in: a session ends this long after sign-in, or after this long without a request, whichever
+    # comes first; a locked-out account or address waits login_backoff_seconds, doubling per further failure.
+    session_hours: float = Field(default=12.0, gt=0)
+    session_idle_minutes: float = Field(default=60.0, gt=0)
+    login_backoff_seconds: float = Field(default=30.0, gt=0)
 
     # Extra modules imported by workers, the API and the UI: they may register job types.
     job_modules: list[str] = Field(default_factory=list)

@@ -6,10 +6,10 @@ from backend.api.edges import origin_allowed
 from backend.config import get_settings
 from curatore_ui.api_mount import api
 from curatore_ui.live import bridge
-from curatore_ui.pages import asset, home, job_detail, jobs_list, login, queues, sync_config
+from curatore_ui.pages import account, asset, audit, home, job_detail, jobs_list, login, members, queues, sync_config
 from curatore_ui.pages.job_detail_state import JobDetailState
 from curatore_ui.pages.jobs_list_state import JobsListState
-from curatore_ui.state.session import SessionState
+from curatore_ui.state.session import SessionGuard, SessionState
 
 app = rx.App(api_transformer=api)
 if app.sio is not None:
@@ -18,9 +18,10 @@ if app.sio is not None:
     app.sio.eio.cors_allowed_origins = lambda origin, environ: origin_allowed(
         origin, environ.get("HTTP_HOST"), get_settings().public_urls)
 app.register_lifespan_task(bridge.run)
+app.add_middleware(SessionGuard())  # the session from the socket's cookie, before every event
 
 app.add_page(home.index, route="/", title="Curatore Jobs", on_load=SessionState.home)
-app.add_page(login.page, route="/login", title="Sign in · Curatore")
+app.add_page(login.page, route="/login", title="Sign in · Curatore", on_load=login.LoginState.load)
 for route in ("/system/jobs", "/orgs/[slug]/jobs"):
     app.add_page(jobs_list.page, route=route, title="Jobs · Curatore", on_load=JobsListState.load)
 for route in ("/system/jobs/[run_id]", "/orgs/[slug]/jobs/[run_id]"):
@@ -29,3 +30,8 @@ app.add_page(queues.page, route="/system/queues", title="Queues · Curatore", on
 app.add_page(asset.page, route="/orgs/[slug]/assets/[asset_id]", title="Asset · Curatore", on_load=asset.AssetState.load)
 app.add_page(sync_config.page, route="/orgs/[slug]/syncs/[sync_config_id]", title="SharePoint sync · Curatore",
              on_load=sync_config.SyncConfigState.load)
+# Accounts (issue 15): members and audit per organization (its admins), the whole audit log (system admins).
+app.add_page(members.page, route="/orgs/[slug]/members", title="Members · Curatore", on_load=members.MembersState.load)
+for route in ("/orgs/[slug]/audit", "/system/audit"):
+    app.add_page(audit.page, route=route, title="Audit log · Curatore", on_load=audit.AuditState.load)
+app.add_page(account.page, route="/account", title="Account · Curatore", on_load=account.AccountState.load)

@@ -1,4 +1,5 @@
-"""The FastAPI app: the ops REST API under ``/api/v1/ops`` (bearer token), ``/api/v1/health`` and ``/metrics``.
+"""The FastAPI app: the ops REST API under ``/api/v1/ops`` (bearer token), ``/api/v1/health``, ``/metrics`` and
+the browser's sign-in and sign-out (``/auth/login``, ``/auth/logout``: ``signin.py``).
 
 The Reflex backend mounts it through ``api_transformer`` (``curatore_ui/api_mount.py``); tests call
 :func:`create_api` directly.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
-from backend.api import errors, queues, registry, runs, schedules
+from backend.api import errors, queues, registry, runs, schedules, signin
 from backend.api.deps import current_principal
 from backend.api.edges import SecurityHeaders
 from backend.api.metrics import check_scraper, metrics_text
@@ -44,6 +45,7 @@ def create_api() -> FastAPI:
     for module in (runs, queues, registry, schedules):
         ops.include_router(module.router)
     app.include_router(ops)
+    app.include_router(signin.router)  # browser sign-in: /auth/login, /auth/logout (form posts, cookie)
 
     @app.get("/api/v1/health", tags=["health"], summary="The API process is up")
     def health() -> dict[str, str]:

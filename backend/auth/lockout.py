@@ -4,7 +4,7 @@ Each failed sign-in is a row in ``login_failures``, once for the account (the em
 answer does not reveal which emails exist) and once for the source address when there is one. Past
 ``ACCOUNT_LIMIT`` failures of an account, or ``ADDRESS_LIMIT`` of an address, within ``WINDOW``, sign-in is
 refused -- even with the right password -- for a backoff that doubles with each further failure
-(``BASE_BACKOFF`` × 2^(failures - limit), at most ``WINDOW``), counted from the last failure. A success
+(``CURATORE_LOGIN_BACKOFF_SECONDS`` (30) × 2^(failures - limit), at most ``WINDOW``), counted from the last failure. A success
 clears the account's failures (never the address's: one good account must not unlock a guessing address).
 Refused attempts while locked are not counted, so the backoff ends when announced.
 """
@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 
 from backend import audit
+from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import LoginFailure
 from backend.db.types import utcnow
@@ -26,7 +27,6 @@ from backend.validation import storable
 WINDOW = timedelta(minutes=15)
 ACCOUNT_LIMIT = 5
 ADDRESS_LIMIT = 20
-BASE_BACKOFF = timedelta(seconds=30)
 MAX_KEY = 320
 
 
@@ -34,6 +34,13 @@ class TooManySignIns(RateLimited):
     """Too many failed sign-ins; try again later."""
 
     code = "too_many_sign_ins"
+    seconds = 0  # how long to wait
+
+
+def too_many(seconds: int) -> TooManySignIns:
+    exc = TooManySignIns(f"Too many failed sign-ins; try again in {seconds} s.")
+    exc.seconds = seconds
+    return exc
 
 
 def _keys(email: str, address: str | None) -> list[tuple[str, str, int]]:
@@ -51,7 +58,8 @@ def _wait(scope: str, key: str, limit: int, now: datetime) -> int:
     times = list(in_transaction(lambda s: s.execute(stmt).scalars().all()))
     if len(times) < limit:
         return 0
-    backoff = min(BASE_BACKOFF * 2 ** (len(times) - limit), WINDOW)
+    base = timedelta(seconds=get_settings().login_backoff_seconds)
+    backoff = min(base * 2 ** (len(times) - limit), WINDOW)
     return max(0, math.ceil((times[-1] + backoff - now).total_seconds()))
 
 
@@ -60,7 +68,7 @@ def check(email: str, address: str | None) -> None:
     now = utcnow()
     wait = max(_wait(scope, key, limit, now) for scope, key, limit in _keys(email, address))
     if wait:
-        raise TooManySignIns(f"Too many failed sign-ins; try again in {wait} s.")
+        raise too_many(wait)
 
 
 def failed(email: str, address: str | None) -> None:

@@ -81,3 +81,9 @@ def _get_or_create(slug: str, name: str, session: Session | None = None) -> Orga
         return org
 
     return in_transaction(write, session)
+
+
+def list_orgs() -> list[Organization]:
+    """Every tenant organization (not the reserved system one), by slug."""
+    stmt = select(Organization).where(Organization.slug != SYSTEM_SLUG).order_by(Organization.slug)
+    return list(in_transaction(lambda s: s.execute(stmt).scalars().all(), read_only=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,8 @@ from sqlalchemy import select, update
 from backend import audit
 from backend.auth import lockout
 from backend.auth.orgs import refuse_members
-from backend.auth.passwords import digest, hash_password, new_secret, verify_password
+from backend.auth.passwords import digest, hash_password, new_secret, session_digest, verify_password
+from backend.config import get_settings
 from backend.db.engine import in_transaction
 from backend.db.models import ApiToken, LoginSession, Membership, Organization, User
 from backend.db.types import utcnow
@@ -19,7 +21,6 @@ from backend.errors import CuratoreError, NotFound
 from backend.validation import storable
 
 ROLES = ("viewer", "member", "admin")
-SESSION_HOURS = 12
 MIN_PASSWORD = 8
 
 
@@ -71,6 +72,13 @@ def memberships(user_id: uuid.UUID) -> list[tuple[Organization, str]]:
     return [(org, role) for org, role in in_transaction(lambda s: s.execute(stmt).all())]
 
 
+def members(organization_id: uuid.UUID) -> list[tuple[User, str]]:
+    """The organization's users and their roles, by email."""
+    stmt = (select(User, Membership.role).join(Membership, Membership.user_id == User.id)
+            .where(Membership.organization_id == organization_id).order_by(User.email))
+    return [(user, role) for user, role in in_transaction(lambda s: s.execute(stmt).all())]
+
+
 def authenticate(email: str, password: str, address: str | None = None) -> User | None:
     """The user with this email and password, or None (same answer for an unknown email or a disabled user).
 
@@ -97,27 +105,70 @@ def authenticate(email: str, password: str, address: str | None = None) -> User 
 
 
 # --------------------------------------------------------------------------- browser sessions
+# The secret lives only in the browser's HttpOnly cookie (set by backend/api/signin.py); the database keeps its
+# keyed digest. A session ends at its absolute expiry, after CURATORE_SESSION_IDLE_MINUTES without a request,
+# when revoked, or when its user is disabled.
+
+TOUCH_EVERY = timedelta(seconds=60)  # last_seen_at is written at most this often per session
+MAX_SECRET = 200  # a cookie longer than this is no session of ours
 
 
-def start_session(user_id: uuid.UUID, hours: float = SESSION_HOURS) -> str:
+@dataclass(frozen=True)
+class SignedIn:
+    """A live session: its row id (not secret: states may keep it) and its user."""
+
+    session_id: uuid.UUID
+    user: User
+
+
+def start_session(user_id: uuid.UUID) -> str:
+    """A new session for the user; returns its secret (for the cookie), stores only its keyed digest."""
     secret = new_secret("ses")
-    in_transaction(lambda s: s.add(LoginSession(user_id=user_id, secret_hash=digest(secret),
-                                                expires_at=utcnow() + timedelta(hours=hours))))
+    now = utcnow()
+    hours = get_settings().session_hours
+    in_transaction(lambda s: s.add(LoginSession(user_id=user_id, secret_hash=session_digest(secret),
+                                                expires_at=now + timedelta(hours=hours), last_seen_at=now)))
     return secret
 
 
-def user_for_session(secret: str) -> User | None:
-    if not secret:
+def session_for(secret: str | None) -> SignedIn | None:
+    """The live session this secret opens, or None (unknown, revoked, expired, idle too long, user disabled).
+    Marks the session as used (at most once per :data:`TOUCH_EVERY`)."""
+    if not secret or len(secret) > MAX_SECRET:
         return None
-    stmt = (select(User).join(LoginSession, LoginSession.user_id == User.id)
-            .where(LoginSession.secret_hash == digest(secret), LoginSession.revoked_at.is_(None),
-                   LoginSession.expires_at > utcnow(), User.disabled.is_(False)))
-    return in_transaction(lambda s: s.execute(stmt).scalar_one_or_none())
+    now = utcnow()
+    idle = timedelta(minutes=get_settings().session_idle_minutes)
+    stmt = (select(LoginSession, User).join(User, LoginSession.user_id == User.id)
+            .where(LoginSession.secret_hash == session_digest(secret), LoginSession.revoked_at.is_(None),
+                   LoginSession.expires_at > now, User.disabled.is_(False)))
+
+    def read(s: Any) -> SignedIn | None:
+        row = s.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        session, user = row
+        seen = session.last_seen_at or session.created_at
+        if seen <= now - idle:
+            return None
+        if seen <= now - TOUCH_EVERY:
+            s.execute(update(LoginSession).where(LoginSession.id == session.id).values(last_seen_at=now))
+        return SignedIn(session.id, user)
+
+    return in_transaction(read)
 
 
-def end_session(secret: str) -> None:
-    in_transaction(lambda s: s.execute(update(LoginSession).where(LoginSession.secret_hash == digest(secret))
-                                       .values(revoked_at=utcnow())))
+def user_for_session(secret: str | None) -> User | None:
+    found = session_for(secret)
+    return found.user if found else None
+
+
+def end_session(secret: str | None) -> bool:
+    """Revoke the session this secret opens; True if there was one still live."""
+    if not secret or len(secret) > MAX_SECRET:
+        return False
+    return bool(in_transaction(lambda s: s.execute(
+        update(LoginSession).where(LoginSession.secret_hash == session_digest(secret),
+                                   LoginSession.revoked_at.is_(None)).values(revoked_at=utcnow())).rowcount))
 
 
 # --------------------------------------------------------------------------- API tokens

@@ -281,7 +281,9 @@ class ApiToken(SQLModel, table=True):
 
 
 class LoginSession(SQLModel, table=True):
-    """A browser login; only the SHA-256 of its secret is stored."""
+    """A browser login; only HMAC-SHA256(CURATORE_SECRET_KEY, secret) is stored (``passwords.session_digest``).
+    It ends at ``expires_at`` (absolute), after ``CURATORE_SESSION_IDLE_MINUTES`` without a request
+    (``last_seen_at``), or when revoked (sign-out, password change, disable)."""
 
     __tablename__ = "login_sessions"
 
@@ -290,6 +292,7 @@ class LoginSession(SQLModel, table=True):
     secret_hash: str = Field(max_length=64, unique=True, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
     expires_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    last_seen_at: datetime | None = _ts()
     revoked_at: datetime | None = _ts()
 
 

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from backend import audit
 from backend.auth.orgs import system_org
 from backend.config import get_settings
 from backend.db.models import Run
@@ -44,8 +45,12 @@ def start_samples(organization_id: uuid.UUID, created_by: str = "demo", system_a
         try:
             runs.append(submit_run(run_type, config, organization_id=org_id, origin=RunOrigin.SYSTEM,
                                    created_by=created_by, display_name=name))
-        except CuratoreError:
-            pass
+        except CuratoreError as exc:
+            audit.record(created_by, "submit_refused", organization_id=org_id, run_type=run_type, sample=True,
+                         reason=exc.message, code=exc.code)
+            return
+        audit.record(created_by, "submit", organization_id=org_id, run_id=runs[-1].id, run_type=run_type,
+                     sample=True)
 
     assets = [_store(organization_id, p) for p in sample_files()]
     for asset in assets:

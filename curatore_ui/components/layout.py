@@ -20,6 +20,24 @@ def _nav_link(label: str | rx.Var[str], href: str | rx.Var[str], icon: str) -> r
     )
 
 
+# ---- issue 15: account pages (kept apart from the rest of the shell, for easy merges) ----
+def _account_links() -> rx.Component:
+    """Members and Audit of each organization the user administers; the whole audit log for system admins;
+    their own account for everyone."""
+    admin_of = SessionState.orgs.to(list[dict[str, str]])
+    return rx.vstack(
+        rx.separator(),
+        rx.foreach(admin_of, lambda o: rx.cond(
+            (o["role"] == "admin") | SessionState.is_system_admin,
+            rx.vstack(_nav_link(o["name"] + " members", "/orgs/" + o["slug"] + "/members", "users"),
+                      _nav_link(o["name"] + " audit", "/orgs/" + o["slug"] + "/audit", "scroll-text"),
+                      spacing="1", width="100%"))),
+        rx.cond(SessionState.is_system_admin, _nav_link("Audit log", "/system/audit", "scroll-text")),
+        _nav_link("Account", "/account", "user-round"),
+        spacing="1", width="100%")
+# ---- end issue 15 ----
+
+
 def _sidebar() -> rx.Component:
     return rx.vstack(
         rx.link(
@@ -37,6 +55,7 @@ def _sidebar() -> rx.Component:
                 spacing="1", width="100%")),
             rx.foreach(SessionState.orgs, lambda o: _nav_link(o["name"], "/orgs/" + o["slug"] + "/jobs",
                                                               "building-2")),
+            _account_links(),  # issue 15: members, audit, account
             spacing="1",
             width="100%",
         ),

@@ -49,6 +49,7 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
         "CURATORE_PROGRESS_MIN_INTERVAL": "0.05",
         "CURATORE_LIVE_POLL_SECONDS": "0.2",
         "CURATORE_ALLOW_PRIVATE_FETCH": "true",
+        "CURATORE_LOGIN_BACKOFF_SECONDS": "4",  # test_sessions.py waits out a lockout
         "CURATORE_REGISTRY_OVERRIDES": str(overrides),
         "CURATORE_SHAREPOINT_BASE_URL": f"http://127.0.0.1:{graph_port}/v1.0",
         "PYTHONPATH": str(ROOT),

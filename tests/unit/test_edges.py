@@ -10,7 +10,7 @@ from backend.api.edges import metrics_allowed, origin_allowed
 from backend.cli import shown
 from backend.config import DEV_SECRET, Settings
 from backend.errors import InvalidSettings
-from curatore_ui.state.session import safe_next
+from backend.api.signin import safe_next
 
 OFF_SITE = [
     "/\\evil.example", "/%5Cevil.example", "/%5cevil.example", "/%255Cevil.example", "//evil.example",
