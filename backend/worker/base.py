@@ -216,6 +216,7 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     finally:
         ctx._finishing = True
         beat.stop()
+        ctx._tracker.close()
         # This run's slot is free: let the next one in (a pass only if runs wait).
         if ctx._queue_waiting is None:
             kick_if_waiting(job_type.queue)
