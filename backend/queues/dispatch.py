@@ -7,9 +7,10 @@ its queue. The worker starts only the current attempt, so a message delivered tw
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -52,6 +53,35 @@ def create_and_dispatch(create: Callable[[Session], Run]) -> Run:
     run, claimed = in_transaction(write)
     _published(run.id, dispatch_pending([run.queue]) if claimed is None else dispatcher.publish(claimed))
     return run
+
+
+def submit_many(specs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]], batch: int = 500) -> list[Run]:
+    """Create and dispatch many runs (a fan-out): ``(run_type, config, create_run keyword arguments)`` each, one
+    transaction and one dispatch pass per queue for every ``batch`` of them, published after each commit.
+
+    A batch is written whole or not at all: a spec that does not validate, or a duplicate, raises and rolls its
+    batch back (the batches before it stay). Runs whose publish fails are marked failed, and
+    :class:`BrokerUnavailable` is raised once the batch is done."""
+    runs: list[Run] = []
+    items = iter(specs)
+    while chunk := tuple(itertools.islice(items, batch)):
+
+        def write(s: Session, chunk: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = chunk) -> Any:
+            created = [service.create_run(run_type, config, session=s, **kwargs) for run_type, config, kwargs in chunk]
+            return created, {queue: dispatcher.claim(s, queue) for queue in sorted({r.queue for r in created})}
+
+        created, claimed = in_transaction(write)
+        runs += created
+        outcome: dict[uuid.UUID, Exception | None] = {}
+        for queue, queue_claimed in claimed.items():
+            outcome |= dispatch_pending([queue]) if queue_claimed is None else dispatcher.publish(queue_claimed)
+        unpublished = [rid for rid, exc in outcome.items() if exc is not None]
+        for rid in unpublished:
+            service.fail(rid, "Could not reach the message broker. The run was not started; retry it when the "
+                              "broker is back.")
+        if unpublished:
+            raise BrokerUnavailable(f"Could not reach the message broker: {len(unpublished)} runs were not started.")
+    return runs
 
 
 def _published(run_id: uuid.UUID, outcome: dict[uuid.UUID, Exception | None]) -> bool:
