@@ -31,20 +31,10 @@ from backend.runs.queries import get_run
 log = logging.getLogger(__name__)
 
 
-def dispatch(run_id: uuid.UUID) -> bool:
-    """A dispatch pass over the run's queue; True if this run was published now.
-
-    A run that could not be published because the broker is down is marked failed and
-    :class:`BrokerUnavailable` is raised: whoever submitted it hears so at once.
-    """
-    queue = in_transaction(lambda s: s.execute(select(Run.queue).where(Run.id == run_id)).scalar_one())
-    return _published(run_id, dispatch_pending([queue]))
-
-
 def create_and_dispatch(create: Callable[[Session], Run]) -> Run:
     """``create(session)`` writes a pending run; a dispatch pass over its queue claims it (or not) in the same
-    transaction, and publishes after the commit: one transaction for what used to take three. Raises like
-    :func:`dispatch` when the broker is down."""
+    transaction, and publishes after the commit. A run that could not be published because the broker is down is
+    marked failed and :class:`BrokerUnavailable` is raised: whoever submitted it hears so at once."""
 
     def write(s: Session) -> tuple[Run, list[dispatcher.Claimed] | None]:
         run = create(s)
