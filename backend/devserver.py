@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,10 +19,31 @@ from backend.auth.bootstrap import ensure_first_admin
 from backend.auth.orgs import ensure_org
 from backend.config import PROJECT_ROOT, get_settings
 from backend.db.migrate import upgrade
-from backend.demo.servers import demo_environment
+from backend.demo.servers import DEMO_SERVERS, demo_environment
 
 GRACE_SECONDS = 8.0
-DEMO_SERVERS_PORT = 8701  # local stand-ins of Graph, SAM.gov, a forecast API and a website, for the samples
+DEMO_PORTS_FROM = 8701  # the stand-ins of Graph, SAM.gov, a forecast API and a website: 8701-8704 for --port 3000
+
+
+def demo_servers_port(port: int) -> int:
+    """The first of the demo servers' ports for an app on ``port``: a block of its own for each app port (8701
+    for 3000, 8705 for 3001, 8801 for 3025, ...), so instances on different ports never share one; the next free
+    block when those are taken."""
+    base = DEMO_PORTS_FROM + ((port - 3000) * len(DEMO_SERVERS)) % 40_000
+    for _ in range(1000):
+        if all(_free(base + i) for i in range(len(DEMO_SERVERS))):
+            return base
+        base = DEMO_PORTS_FROM + (base - DEMO_PORTS_FROM + len(DEMO_SERVERS)) % 40_000
+    raise OSError("no free ports for the demo servers")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -43,13 +65,14 @@ def reflex_env() -> dict[str, str]:
     return env
 
 
-def children(port: int, backend_port: int, ui: bool, reload: bool = False, host: str = "127.0.0.1") -> list[Child]:
+def children(port: int, backend_port: int, ui: bool, reload: bool = False, host: str = "127.0.0.1",
+             demo_port: int | None = None) -> list[Child]:
     settings = get_settings()
     py = sys.executable
     result = [
-        Child("worker", [py, "-m", "backend.cli", "worker", "--concurrency", "4", "-n", "dev@%h"]),
+        Child("worker", [py, "-m", "backend.cli", "worker", "--concurrency", "4", "-n", f"dev-{port}@%h"]),
         Child("scheduler", [py, "-m", "backend.cli", "scheduler"]),
-        Child("demo servers", [py, "-m", "backend.demo.servers", "--port", str(DEMO_SERVERS_PORT)]),
+        Child("demo servers", [py, "-m", "backend.demo.servers", "--port", str(demo_port or demo_servers_port(port))]),
     ]
     if ui and reload:  # Reflex's dev mode: hot reload, frontend and backend on two ports
         result.append(Child("ui", [py, "-m", "reflex", "run", "--frontend-port", str(port),
@@ -70,7 +93,9 @@ def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload:
     org = ensure_org(settings.default_org_slug, "Demo")
     email, password = ensure_first_admin(org, settings.data_dir)
     print(f"curatore dev: database ready; organization '{org.slug}'", flush=True)
-    procs = children(port, backend_port, ui, reload, host)
+    demo_port = demo_servers_port(port)
+    print(f"curatore dev: demo servers on ports {demo_port}-{demo_port + len(DEMO_SERVERS) - 1}", flush=True)
+    procs = children(port, backend_port, ui, reload, host, demo_port)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -80,7 +105,7 @@ def run_dev(port: int = 3000, backend_port: int = 8000, ui: bool = True, reload:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     env = reflex_env()
-    env.update(demo_environment(DEMO_SERVERS_PORT, env))  # the samples' connections point at the demo servers
+    env.update(demo_environment(demo_port, env))  # the samples' connections point at the demo servers
     env.setdefault("CURATORE_ALLOW_PRIVATE_FETCH", "true")  # the samples fetch from the local demo servers
     for child in procs:
         child.proc = subprocess.Popen(child.argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)

@@ -295,7 +295,8 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"  {'ratio engine / bare':<34}{result['ratio']:>10.2f}x")
     print(f"  {'submit_run mean / p95 (ms)':<34}{e['submit_ms']:>10.2f} / {e['submit_p95_ms']:.2f}")
     print(f"  {'submit_many per run (ms)':<34}{s['bulk_submit_ms']:>10.2f}")
-    print(f"  {'statements / transactions: submit':<34}{s['submit_statements']:>10.1f} / {s['submit_transactions']:.1f}")
+    print(f"  {'statements / transactions: submit':<34}{s['submit_statements']:>10.1f} / "
+          f"{s['submit_transactions']:.1f}")
     print(f"  {'statements / transactions: execute':<34}{s['execute_statements']:>10.1f} / "
           f"{s['execute_transactions']:.1f}")
 

@@ -1,7 +1,8 @@
 """Sample jobs of every type, so a first start is not an empty page (SPEC 9.1a).
 
 They work on the bundled files under ``files/samples`` and ``files/sample-exports`` beside this module; the
-connector and scrape samples use the local stand-in servers that ``curatore dev`` starts (``CURATORE_DEMO_SERVERS_PORT``).
+connector and scrape samples use the local stand-in servers that ``curatore dev`` starts
+(``CURATORE_DEMO_SERVERS_PORT``).
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def test_a_held_back_change_is_written_without_another_update(run_id: uuid.UUID)
     tracker.close()
 
 
-def test_slow_writes_stretch_the_interval_to_at_most_a_second(run_id: uuid.UUID, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_slow_writes_stretch_the_interval_to_at_most_a_second(  # type: ignore[no-untyped-def]
+        run_id: uuid.UUID, monkeypatch) -> None:
     real = service.set_progress
 
     def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
