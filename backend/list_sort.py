@@ -22,8 +22,8 @@ from backend.db.models import Run
 from backend.db.types import utcnow
 from backend.runs import listing
 
-Column = Literal["duration", "status", "type"]
-COLUMNS: tuple[str, ...] = ("duration", "status", "type")
+Column = Literal["created", "duration", "status", "type"]
+COLUMNS: tuple[str, ...] = ("created", "duration", "status", "type")
 # Status order, ascending: what needs attention first, finished last.
 STATUS_ORDER = ("running", "cancelling", "stale", "submitted", "pending", "failed", "timed_out", "cancelled",
                 "completed")
@@ -41,6 +41,8 @@ def _duration(now: datetime) -> Any:
 
 
 def _key(column: str, now: datetime) -> Any:
+    if column == "created":
+        return Run.created_at
     if column == "duration":
         return _duration(now)
     if column == "status":
@@ -61,7 +63,9 @@ def _decode(cursor: str, column: str, descending: bool) -> tuple[datetime, Any, 
         key, created, rid = raw["k"]
         now = datetime.fromisoformat(raw["n"])
         created_at = datetime.fromisoformat(created)
-        if column == "type" and not isinstance(key, str) or column != "type" and (
+        if column == "created":
+            key = datetime.fromisoformat(key)
+        elif column == "type" and not isinstance(key, str) or column not in ("type", "created") and (
                 isinstance(key, bool) or not isinstance(key, (int, float))):
             raise ValueError(key)
         return now, key, created_at, uuid.UUID(rid)
@@ -70,9 +74,10 @@ def _decode(cursor: str, column: str, descending: bool) -> tuple[datetime, Any, 
 
 
 def page(q: listing.ListQuery, column: Column, descending: bool = True, cursor: str | None = None,
-         limit: int = 50, session: Session | None = None) -> listing.Page:
+         limit: int = 50, session: Session | None = None, completed_since: datetime | None = None) -> listing.Page:
     """One page of ``q`` ordered by ``column`` (then newest first within equal values), with what
-    ``listing.annotate`` adds (child counts, queue positions, ETAs, organization slugs)."""
+    ``listing.annotate`` adds (child counts, queue positions, ETAs, organization slugs). ``completed_since``:
+    only runs that ended since then (the list's "done · 24 h" and "failed · 24 h" cards)."""
     if column not in COLUMNS:
         raise listing.InvalidCursor(f"Unknown sort {column!r}.")
     now = utcnow()
@@ -82,6 +87,8 @@ def page(q: listing.ListQuery, column: Column, descending: bool = True, cursor: 
         after = tuple(rest)  # type: ignore[assignment]
     key = _key(column, now)
     stmt = listing._filtered(q).add_columns(key.label("sort_key"))  # noqa: SLF001 - the list's own filters
+    if completed_since is not None:
+        stmt = stmt.where(Run.completed_at >= completed_since)
     if descending:
         order = (key.desc(), Run.created_at.desc(), Run.id.desc())
     else:
@@ -101,7 +108,10 @@ def page(q: listing.ListQuery, column: Column, descending: bool = True, cursor: 
         annotated = listing.annotate(runs, s)
         if more and rows:
             last_run, last_key = rows[-1][0], rows[-1][1]
-            last_key = float(last_key) if column == "duration" else (int(last_key) if column == "status" else last_key)
+            if column == "created":
+                last_key = last_run.created_at.isoformat()
+            elif column in ("duration", "status"):
+                last_key = float(last_key) if column == "duration" else int(last_key)
             annotated.next_cursor = _encode(column, descending, now,
                                             [last_key, last_run.created_at.isoformat(), str(last_run.id)])
         return annotated

@@ -77,3 +77,16 @@ def test_sorted_pages_are_complete_and_ordered(backend, org):  # type: ignore[no
     for bad in ("x", "e30", pg.next_cursor[:-3]):
         with pytest.raises(listing.InvalidCursor):
             list_sort.page(q, "type", True, bad, 1)
+
+
+def test_created_order_and_the_cards_window(backend, org):  # type: ignore[no-untyped-def]
+    from backend.db.types import utcnow
+
+    _runs(org)
+    q = listing.ListQuery(organization_id=org.id)
+    names, _ = _all_pages(q, "created", False, limit=2)
+    assert names == ["r5", "r3", "r1", "r4", "r2", "running", "pending"]
+    newest, _ = _all_pages(q, "created", True, limit=3)
+    assert newest[2:] == ["r2", "r4", "r1", "r3", "r5"]
+    recent = list_sort.page(q, "created", True, None, 50, completed_since=utcnow() - timedelta(minutes=4, seconds=56.5))
+    assert [r.display_name for r in recent.runs] == ["r4", "r5"]  # ended within the window: 5 s and 4 s runs
