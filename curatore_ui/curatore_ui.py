@@ -6,12 +6,14 @@ from backend.api.edges import origin_allowed
 from backend.config import get_settings
 from curatore_ui.api_mount import api
 from curatore_ui.live import bridge
-from curatore_ui.pages import asset, home, job_detail, jobs_list, login, queues, sync_config
+from curatore_ui.pages import (
+    asset, collection, forecast_sync, home, job_detail, jobs_list, login, not_found, queues, sam_search, sync_config,
+)
 from curatore_ui.pages.job_detail_state import JobDetailState
 from curatore_ui.pages.jobs_list_state import JobsListState
 from curatore_ui.state.session import SessionState
 
-app = rx.App(api_transformer=api)
+app = rx.App(api_transformer=api, stylesheets=["/curatore.css"])
 if app.sio is not None:
     # The websocket (python-engineio checks this on every handshake): a page of a public URL, or of the host
     # the server was reached at; a cross-site page is refused, CURATORE_CORS_ORIGINS or not.
@@ -29,3 +31,11 @@ app.add_page(queues.page, route="/system/queues", title="Queues · Curatore", on
 app.add_page(asset.page, route="/orgs/[slug]/assets/[asset_id]", title="Asset · Curatore", on_load=asset.AssetState.load)
 app.add_page(sync_config.page, route="/orgs/[slug]/syncs/[sync_config_id]", title="SharePoint sync · Curatore",
              on_load=sync_config.SyncConfigState.load)
+# The pages a job's Related links name (registry.resource_link): every one lands inside the layout.
+app.add_page(sam_search.page, route="/orgs/[slug]/sam/[search_id]", title="SAM.gov search · Curatore",
+             on_load=sam_search.SamSearchState.load)
+app.add_page(forecast_sync.page, route="/orgs/[slug]/forecasts/[forecast_sync_id]", title="Forecast sync · Curatore",
+             on_load=forecast_sync.ForecastSyncState.load)
+app.add_page(collection.page, route="/orgs/[slug]/collections/[collection_id]", title="Collection · Curatore",
+             on_load=collection.CollectionState.load)
+app.add_page(not_found.page, route="404", title="Not found · Curatore", on_load=not_found.NotFoundState.load)
