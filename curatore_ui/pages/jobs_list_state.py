@@ -94,7 +94,8 @@ def filters_from_query(query: dict[str, str]) -> tuple[dict[str, str], str, list
     if get["window"] == "24h" and f["status"] in ("completed", "failed"):
         f["window"] = "24h"
     cursor = str(query.get("cursor", ""))[:2000]
-    back = [c for c in str(query.get("back", "")).split(".") if c][:200] if cursor else []
+    # the earlier pages' cursors, "-" for the first page's (which has none)
+    back = [("" if c == "-" else c) for c in str(query.get("back", "")).split(".") if c][:200] if cursor else []
     return f, cursor, back
 
 
@@ -104,7 +105,7 @@ def query_string(f: dict[str, str], cursor: str, back: list[str]) -> str:
     if cursor:
         pairs.append(("cursor", cursor))
         if back:
-            pairs.append(("back", ".".join(back)))
+            pairs.append(("back", ".".join(c or "-" for c in back)))
     return urlencode(pairs)
 
 
