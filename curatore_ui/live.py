@@ -103,6 +103,12 @@ class Bridge:
         orgs = principal.visible_orgs()
         return None if orgs is None else frozenset(str(o) for o in orgs)
 
+    def connected(self, token: str) -> bool:
+        """Whether the client is connected now (a closed tab's watches live on for a while)."""
+        if self.app is None or self.app.event_namespace is None:
+            return False
+        return token in self.app.event_namespace.token_to_sid
+
     def wake(self) -> None:
         """Make the listener look at the outbox now (safe from any thread)."""
         if self._loop is not None:

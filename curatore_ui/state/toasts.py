@@ -4,7 +4,7 @@
 One :class:`ToastState` per client follows the organizations the person sees (a watch that lives beside the
 page's, so it survives navigation); pages call :func:`follow_my_runs` from their ``on_load``. Each run ends
 with one toast per person: a claim (Redis ``SET NX`` when ``CURATORE_REDIS_URL`` is set, else this process's
-memory) decides which of their tabs shows it, and Sonner's toast id (the run's) keeps one tab from showing it twice.
+memory) decides which of their open tabs shows it, and Sonner's toast id (the run's) keeps one tab from showing it twice.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ class ToastState(rx.State):
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
         ended = [e for e in events if e["kind"] == "status" and e["payload"].get("status") in ENDED]
-        if not ended or not self._person:
-            return None
+        if not ended or not self._person or not bridge.connected(self.router.session.client_token):
+            return None  # a closed tab claims nothing: an open one shows the toast
         by = await asyncio.to_thread(creators, [e["run_id"] for e in ended])
         out = []
         for event in ended:
