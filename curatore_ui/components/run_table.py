@@ -12,6 +12,7 @@ from curatore_ui.components.progress_bar import bar
 from curatore_ui.components.status_badge import status_badge
 from curatore_ui.state.views import RunRow
 
+WIDE_ONLY = rx.breakpoints(initial="none", lg="table-cell")  # Org and Origin: from 1280 px
 # header -> the sort column it sets (the jobs list sorts by these)
 SORTABLE = {"Job": "type", "Status": "status", "Created": "created", "Duration": "duration"}
 
@@ -21,7 +22,7 @@ def _name_cell(row: rx.Var[RunRow]) -> rx.Component:
         rx.hstack(
             rx.icon(row.icon, size=16, color=f"var(--{row.color}-9)", flex_shrink="0"),
             rx.link(row.name, href=row.href, weight="medium", size="2", data_testid="run-link",
-                    overflow_wrap="anywhere"),
+                    overflow_wrap="break-word", min_width="0"),
             rx.cond(row.is_parent, rx.badge(rx.icon("git-fork", size=12), f"{row.children_done}/{row.children_total}",
                                             variant="outline", size="1", title="children completed / total",
                                             data_testid="child-count")),
@@ -29,7 +30,7 @@ def _name_cell(row: rx.Var[RunRow]) -> rx.Component:
             align="center", spacing="2",
         ),
         rx.text(row.label, " · ", row.short_id, size="1", color_scheme="gray"),
-        spacing="0",
+        spacing="0", min_width="13rem",
     )
 
 
@@ -54,7 +55,8 @@ def _progress_cell(row: rx.Var[RunRow]) -> rx.Component:
 def _header(label: str, sort: Any, direction: Any, on_sort: Any) -> rx.Component:
     column = SORTABLE.get(label)
     if on_sort is None or column is None:
-        return rx.table.column_header_cell(label)
+        return rx.table.column_header_cell(rx.text(label, size="1", weight="medium"),
+                                           display=WIDE_ONLY if label in ("Org", "Origin") else None)
     active = sort == column
     arrow = rx.cond(active, rx.cond(direction == "asc", rx.icon("arrow-up", size=12), rx.icon("arrow-down", size=12)),
                     rx.icon("arrow-up-down", size=12, color="var(--gray-8)"))
@@ -97,9 +99,10 @@ def run_table(
             rx.table.cell(_progress_cell(r)),
         ]
         if not compact:
-            cells += [rx.table.cell(rx.text(r.org_slug, size="1")), rx.table.cell(rx.text(r.origin, size="1")),
+            cells += [rx.table.cell(rx.text(r.org_slug, size="1"), display=WIDE_ONLY),
+                      rx.table.cell(rx.text(r.origin, size="1"), display=WIDE_ONLY),
                       rx.table.cell(rx.text(time_ago(r.created_iso), size="1", title=r.created,
-                                            data_testid="row-created"))]
+                                            data_testid="row-created", white_space="nowrap"))]
         cells.append(rx.table.cell(rx.text(ticking_duration(r.started_iso, r.completed_iso, r.duration), size="1",
                                            data_testid="row-duration", white_space="nowrap")))
         if actions is not None:
