@@ -150,31 +150,49 @@ def scheduler(loglevel: str) -> None:
 @click.option("--name", "display_name", default=None, help="Display name of the run.")
 @click.option("--wait", is_flag=True, help="Follow the run and exit non-zero unless it completes.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--as", "as_email", default=None, metavar="EMAIL",
+              help="Submit as this user (their role applies; the run is theirs, and their open pages toast it).")
 def submit(
     run_type: str, config_json: str, org_slug: str | None, priority: int | None, display_name: str | None,
-    wait: bool, timeout: float,
+    wait: bool, timeout: float, as_email: str | None,
 ) -> None:
     """Submit a run. A local "path" (or "paths") in the config is stored as an asset first."""
     config = parse_json(config_json, "--config")
     if not isinstance(config, dict):
         raise CuratoreError("--config must be a JSON object.")
-    if display_name is None and isinstance(config.get("path"), str):
-        display_name = config["path"][-MAX_NAME:]
+    if display_name is None and isinstance(config.get("path"), str):  # the file's name, not where it lies here
+        display_name = os.path.basename(config["path"].rstrip("/\\"))[-MAX_NAME:] or None
     # Refuse bad input (the checks every path shares) and a bad type or config before storing any file, so a
     # refused submit leaves nothing behind.
     for value, what in ((run_type, "the run type"), (org_slug, "--org"), (display_name, "--name")):
         check_text(value, what, max_length=MAX_NAME)
     check_input(config, "--config", max_bytes=MAX_CONFIG_BYTES)
     get_registry().validate_config(run_type, _store_paths(None, config))
-    org = _submit_org(org_slug)
-    config = _store_paths(org.id, config)
     # The operator on the server is a system admin, under the same rules as everyone: a system run goes to the
-    # system organization, a pipeline may not name a system-only stage.
-    run = actions.submit(Principal.system("cli"), run_type, config, org.id, priority=priority,
-                         display_name=display_name)
+    # system organization, a pipeline may not name a system-only stage. With --as, that user's role decides.
+    principal = Principal.system("cli") if as_email is None else _principal_of(as_email)
+    org = _submit_org(org_slug)
+    if as_email is not None:  # checked before any file is stored
+        job_type = get_registry().resolve(run_type)
+        principal.require_submit(job_type, org.id)
+    config = _store_paths(org.id, config)
+    run = actions.submit(principal, run_type, config, org.id, priority=priority, display_name=display_name)
     click.echo(str(run.id))
     if wait:
         sys.exit(_follow(run.id, timeout))
+
+
+def _principal_of(email: str) -> Any:
+    """``--as EMAIL``: that user, who must exist and not be disabled."""
+    from backend.auth.access import Principal
+    from backend.auth.users import get_user
+    from backend.validation import MAX_NAME, check_text
+
+    check_text(email, "--as", max_length=MAX_NAME)
+    user = get_user(email)
+    if user.disabled:
+        raise CuratoreError(f"{email} is disabled.")
+    return Principal.of(user)
 
 
 def _submit_org(org_slug: str | None) -> Any:

@@ -6,12 +6,15 @@ from backend.api.edges import origin_allowed
 from backend.config import get_settings
 from curatore_ui.api_mount import api
 from curatore_ui.live import bridge
-from curatore_ui.pages import account, asset, audit, home, job_detail, jobs_list, login, members, queues, sync_config
+from curatore_ui.pages import (
+    account, asset, audit, collection, forecast_sync, home, job_detail, jobs_list, login, members, not_found, queues,
+    sam_search, sync_config,
+)
 from curatore_ui.pages.job_detail_state import JobDetailState
 from curatore_ui.pages.jobs_list_state import JobsListState
 from curatore_ui.state.session import SessionGuard, SessionState
 
-app = rx.App(api_transformer=api)
+app = rx.App(api_transformer=api, stylesheets=["/curatore.css"])
 if app.sio is not None:
     # The websocket (python-engineio checks this on every handshake): a page of a public URL, or of the host
     # the server was reached at; a cross-site page is refused, CURATORE_CORS_ORIGINS or not.
@@ -35,3 +38,11 @@ app.add_page(members.page, route="/orgs/[slug]/members", title="Members · Curat
 for route in ("/orgs/[slug]/audit", "/system/audit"):
     app.add_page(audit.page, route=route, title="Audit log · Curatore", on_load=audit.AuditState.load)
 app.add_page(account.page, route="/account", title="Account · Curatore", on_load=account.AccountState.load)
+# The pages a job's Related links name (registry.resource_link): every one lands inside the layout.
+app.add_page(sam_search.page, route="/orgs/[slug]/sam/[search_id]", title="SAM.gov search · Curatore",
+             on_load=sam_search.SamSearchState.load)
+app.add_page(forecast_sync.page, route="/orgs/[slug]/forecasts/[forecast_sync_id]", title="Forecast sync · Curatore",
+             on_load=forecast_sync.ForecastSyncState.load)
+app.add_page(collection.page, route="/orgs/[slug]/collections/[collection_id]", title="Collection · Curatore",
+             on_load=collection.CollectionState.load)
+app.add_page(not_found.page, route="404", title="Not found · Curatore", on_load=not_found.NotFoundState.load)

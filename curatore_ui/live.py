@@ -46,10 +46,13 @@ class Watch:
     since_seq: int = 0
     page: bool = True  # a page's watch; False for a panel's, which lives beside the page's
     visible_orgs: frozenset[str] | None = None  # the client's organizations (None: all, a system admin)
+    kinds: tuple[str, ...] = ()  # only these event kinds (say, "status" for toasts); empty: all
 
     def matches(self, event: dict[str, Any]) -> bool:
         if self.visible_orgs is not None and event["organization_id"] not in self.visible_orgs:
             return False  # scoping comes before anything is pushed
+        if self.kinds and event["kind"] not in self.kinds:
+            return False
         run = event["payload"].get("run", {})
         if self.run_id and event["run_id"] == self.run_id:
             return True
@@ -99,6 +102,12 @@ class Bridge:
         """The ``visible_orgs`` of a watch for this principal."""
         orgs = principal.visible_orgs()
         return None if orgs is None else frozenset(str(o) for o in orgs)
+
+    def connected(self, token: str) -> bool:
+        """Whether the client is connected now (a closed tab's watches live on for a while)."""
+        if self.app is None or self.app.event_namespace is None:
+            return False
+        return token in self.app.event_namespace.token_to_sid
 
     def wake(self) -> None:
         """Make the listener look at the outbox now (safe from any thread)."""

@@ -1,4 +1,5 @@
-"""Make docs/screenshots/*.png: the app on a fresh embedded database with sample jobs, in headless Chromium.
+"""Make docs/screenshots/*.png: the app on a fresh embedded database with sample jobs, in headless Chromium;
+the main pages also at 1024 and 768 px wide (``*-1024.png``, ``*-768.png``).
 
     .venv/bin/python scripts/screenshots.py
 """
@@ -88,6 +89,15 @@ def main() -> None:
             page.wait_for_selector("[data-testid=start-sync]")
             time.sleep(1)
             page.screenshot(path=str(OUT / "sync.png"), full_page=True)
+            for width in (1024, 768):  # the same pages on narrower screens
+                page.set_viewport_size({"width": width, "height": 900})
+                for name, path, ready in (("jobs", "/system/jobs", "[data-testid=run-row]"),
+                                          ("detail", f"/system/jobs/{upload}", "[data-testid=run-id]"),
+                                          ("detail-running", f"/system/jobs/{running}", "[data-testid=run-id]")):
+                    page.goto(f"{ui.url}{path}")
+                    page.wait_for_selector(ready)
+                    time.sleep(1)
+                    page.screenshot(path=str(OUT / f"{name}-{width}.png"), full_page=True)
             browser.close()
         for n in range(7, 11):
             (gate / str(n)).touch()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import reflex as rx
 
+from curatore_ui.components.live_time import time_ago
 from curatore_ui.components.progress_bar import progress_bar
 from curatore_ui.components.status_badge import status_badge
 from curatore_ui.state.active_jobs import CALLBACKS, ActiveJobsState, PanelJob
@@ -47,7 +48,7 @@ def _job_card(job: rx.Var[PanelJob], variant: Variant) -> rx.Component:
         rx.icon(job.icon, size=16, color=f"var(--{job.color}-9)"),
         rx.text(job.label, size="2", weight="medium"),
         rx.text(job.name, size="2", color_scheme="gray", trim="both", max_width="20rem", overflow="hidden",
-                text_overflow="ellipsis", white_space="nowrap"),
+                text_overflow="ellipsis", white_space="nowrap", min_width="0", flex_shrink="1"),
         rx.spacer(),
         status_badge(job.status, size="1"),
         rx.link("Details", href=job.href, size="1"),
@@ -56,7 +57,8 @@ def _job_card(job: rx.Var[PanelJob], variant: Variant) -> rx.Component:
     body = [progress_bar(job.percent, job.has_percent, job.phase, job.counter, job.color, size="1")]
     if variant == "default":
         body.append(rx.hstack(
-            rx.text("started ", job.started_ago, size="1", color_scheme="gray"),
+            rx.text(rx.cond(job.started_iso != "", rx.fragment("started ", time_ago(job.started_iso)), "queued"),
+                    size="1", color_scheme="gray"),
             rx.spacer(),
             rx.text(job.current_item, size="1", color_scheme="gray", data_testid="panel-current-item"),
             width="100%",

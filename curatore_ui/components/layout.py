@@ -68,7 +68,7 @@ def _sidebar() -> rx.Component:
             spacing="2", width="100%", padding_x="0.75rem")),
         as_="nav",
         spacing="4",
-        width="14rem",
+        width=rx.breakpoints(initial="11rem", md="14rem"),  # narrower below 1024 px
         height="100vh",
         position="sticky",
         top="0",
@@ -93,8 +93,9 @@ def layout(title: str, *children: rx.Component, actions: rx.Component | None = N
             ),
             as_="main",
             width="100%",
+            min_width="0",  # wide tables scroll inside the page instead of widening it
             max_width="90rem",
-            padding="2rem",
+            padding=rx.breakpoints(initial="1rem", md="2rem"),
         ),
         spacing="0",
         align="start",

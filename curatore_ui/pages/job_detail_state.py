@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from typing import Any
+from urllib.parse import quote
 
 import reflex as rx
 
@@ -16,10 +18,10 @@ from backend.db.states import RunStatus
 from backend.validation import displayable
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.session import principal_or_redirect
-from curatore_ui.state.toasts import end_toast
+from curatore_ui.state.toasts import follow_my_runs
 from curatore_ui.state.views import (
-    SHOW_JSON_CHARS, LinkItem, LogLine, RunRow, counter_text, duration, log_line, pretty_json, route_params, run_href,
-    run_row, ts,
+    SHOW_JSON_CHARS, LinkItem, LogLine, RunRow, counter_text, duration, iso, log_line, phase_label, pretty_json,
+    route_params, run_href, run_row, ts,
 )
 
 LOG_WINDOW = 300
@@ -30,14 +32,44 @@ def _facts(pairs: list[tuple[str, Any]]) -> list[LinkItem]:
     return [LinkItem(label=k, name=displayable(str(v))) for k, v in pairs if v not in (None, "")]
 
 
-def _snapshot(run_id: str, scoped_slug: str | None, principal: Any) -> dict[str, Any]:
-    """Everything the page shows, read in one go (runs in a thread)."""
-    run = actions.visible_run(principal, run_id)
-    job_type = get_registry().find(run.run_type)
-    slug = queries.org_slug(run.organization_id)
-    group = queries.group_for(run.id)
-    counts = listing.group_counts(group) if group else {}
-    row = run_row(run, org_slug=slug, children=counts, scoped_slug=scoped_slug)
+def resource_href(href: str, name: str) -> str:
+    """The registry's resource link with its id URL-encoded (an id may hold ``/``, ``?``, ``#`` or spaces)."""
+    if name and href.endswith("/" + name):
+        return href[: len(href) - len(name)] + quote(name, safe="")
+    return href
+
+
+def _input_assets(run: Any) -> list[str]:
+    """Every asset a run works on: its input assets and the ``asset_id`` / ``asset_ids`` of its config."""
+    config = run.config or {}
+    found: list[str] = [str(a) for a in run.input_asset_ids or []]
+    if isinstance(config.get("asset_id"), str):
+        found.append(config["asset_id"])
+    if isinstance(config.get("asset_ids"), list):
+        found += [str(a) for a in config["asset_ids"]]
+    return list(dict.fromkeys(found))[:200]
+
+
+def _asset_names(organization_id: Any, ids: list[str]) -> dict[str, str]:
+    from sqlalchemy import select
+
+    from backend.db.engine import in_transaction
+    from backend.db.models import Asset
+
+    uuids = []
+    for a in ids:
+        try:
+            uuids.append(uuid.UUID(a))
+        except ValueError:
+            continue
+    if not uuids:
+        return {}
+    rows = in_transaction(lambda s: s.execute(select(Asset.id, Asset.filename).where(
+        Asset.id.in_(uuids), Asset.organization_id == organization_id)).all(), read_only=True)
+    return {str(i): name for i, name in rows}
+
+
+def _related(run: Any, job_type: Any, slug: str, scoped_slug: str | None) -> list[LinkItem]:
     related = []
     if run.parent_run_id:
         related.append(LinkItem("Parent job", str(run.parent_run_id)[:8], run_href(run.parent_run_id, scoped_slug),
@@ -48,15 +80,33 @@ def _snapshot(run_id: str, scoped_slug: str | None, principal: Any) -> dict[str,
     for retry in queries.list_runs(queries.RunFilter(retry_of=run.id), limit=5):
         related.append(LinkItem("Retried as", f"attempt {retry.attempt} · {str(retry.id)[:8]}",
                                 run_href(retry.id, scoped_slug), "rotate-cw", "gray"))
+    assets = _input_assets(run)
+    names = _asset_names(run.organization_id, assets)
     if job_type and job_type.resource_link:
         link = job_type.resource_link(run.config or {}, slug)
-        if link:  # its name and address come from the stored config
-            related.append(LinkItem(link.label, displayable(link.name), displayable(link.href), link.icon, link.color))
-    for asset_id in run.input_asset_ids or []:
-        if not any(r.name == str(asset_id) for r in related):
-            related.append(LinkItem("Asset", str(asset_id)[:8], f"/orgs/{slug}/assets/{asset_id}", "file", "blue"))
+        if link and not (link.href.split("/")[3:4] == ["assets"] and link.name in names):
+            related.append(LinkItem(link.label, displayable(link.name),
+                                    displayable(resource_href(link.href, link.name)), link.icon, link.color))
+    for asset_id in assets:
+        if asset_id in names:  # a stored asset of this organization: its page
+            related.append(LinkItem("Asset", displayable(names[asset_id]), f"/orgs/{slug}/assets/{asset_id}",
+                                    "file", "blue"))
+    return related
+
+
+def _snapshot(run_id: str, scoped_slug: str | None, principal: Any) -> dict[str, Any]:
+    """Everything the page shows, read in one go (runs in a thread)."""
+    run = actions.visible_run(principal, run_id)
+    job_type = get_registry().find(run.run_type)
+    slug = queries.org_slug(run.organization_id)
+    group = queries.group_for(run.id)
+    counts = listing.group_counts(group) if group else {}
+    extra = listing.annotate([run])
+    row = run_row(run, org_slug=slug, children=counts, scoped_slug=scoped_slug, principal=principal,
+                  queue_position=extra.queue_positions.get(run.id, 0), eta_seconds=extra.etas.get(run.id))
     logs = queries.get_logs(run.id, after_id=0, limit=100_000)
     children = queries.list_runs(queries.RunFilter(parent_run_id=run.id), limit=CHILD_WINDOW) if group else []
+    child_extra = listing.annotate(children) if children else None
     from backend import audit
 
     trail = [LinkItem(label=ts(e.at), name=displayable(f"{e.action} by {e.actor}")) for e in audit.for_run(run.id)]
@@ -66,10 +116,13 @@ def _snapshot(run_id: str, scoped_slug: str | None, principal: Any) -> dict[str,
         "run": run,
         "job_type": job_type,
         "slug": slug,
-        "related": related,
+        "related": _related(run, job_type, slug, scoped_slug),
         "logs": logs[-LOG_WINDOW:],
         "hidden": max(len(logs) - LOG_WINDOW, 0),
-        "children": [run_row(c, org_slug=slug, scoped_slug=scoped_slug) for c in children],
+        "children": [run_row(c, org_slug=slug, scoped_slug=scoped_slug, principal=principal,
+                             children=child_extra.child_counts.get(c.id) if child_extra else None,
+                             queue_position=child_extra.queue_positions.get(c.id, 0) if child_extra else 0)
+                     for c in children],
     }
 
 
@@ -85,6 +138,7 @@ class JobDetailState(rx.State):
     config_json: str = ""
     progress_json: str = ""
     timestamps: list[LinkItem] = []
+    last_activity_iso: str = ""
     metadata: list[LinkItem] = []
     capabilities: list[LinkItem] = []
     related: list[LinkItem] = []
@@ -93,8 +147,14 @@ class JobDetailState(rx.State):
     hidden_logs: int = 0
     children: list[RunRow] = []
     notice: str = ""
-    toasted: list[str] = []
     _system_admin: bool = False  # server-side only: whether the log shows tracebacks
+
+    def _reset(self) -> None:
+        """Nothing of the run shown before survives a new load (another run, or one not found)."""
+        self.run, self.error_message, self.results, self.results_json = RunRow(), "", [], ""
+        self.config_json = self.progress_json = self.last_activity_iso = self.notice = ""
+        self.timestamps, self.metadata, self.capabilities, self.related, self.audit = [], [], [], [], []
+        self.logs, self.hidden_logs, self.children = [], 0, []
 
     @rx.event
     async def load(self):  # type: ignore[no-untyped-def]
@@ -105,12 +165,14 @@ class JobDetailState(rx.State):
         run_id = params.get("run_id", "")
         self.scoped_slug = params.get("slug", "")
         self.loading = True
+        self._reset()
         seq = await asyncio.to_thread(current_seq)
         try:
             snap = await asyncio.to_thread(_snapshot, run_id, self.scoped_slug or None, principal)
         except CuratoreError as exc:
             self.not_found = exc.message
             self.loading = False
+            bridge.watch(self.router.session.client_token, Watch(JobDetailState, since_seq=seq))  # follow nothing
             return None
         self.not_found = ""
         self._system_admin = principal.is_system_admin
@@ -119,6 +181,7 @@ class JobDetailState(rx.State):
         self.hidden_logs = snap["hidden"]
         self.live_seq = seq
         self.loading = False
+        await follow_my_runs(self, principal, open_run_id=self.run.id)
         bridge.watch(
             self.router.session.client_token,
             Watch(JobDetailState, run_id=self.run.id, parent_run_id=self.run.id, since_seq=seq,
@@ -136,18 +199,25 @@ class JobDetailState(rx.State):
         self.results_json = pretty_json(run.results_summary, SHOW_JSON_CHARS)
         self.config_json = pretty_json(run.config, SHOW_JSON_CHARS)
         self.progress_json = pretty_json(run.progress, SHOW_JSON_CHARS)
+        # Duration and Last activity are drawn by the page, ticking in the browser; these are the fixed ones.
         self.timestamps = _facts([
             ("Created", ts(run.created_at)), ("Submitted", ts(run.submitted_at)), ("Started", ts(run.started_at)),
-            ("Completed", ts(run.completed_at)), ("Duration", duration(run.started_at, run.completed_at)),
-            ("Last activity", ts(run.last_activity_at)), ("Cancel requested", ts(run.cancel_requested_at)),
+            ("Completed", ts(run.completed_at)), ("Cancel requested", ts(run.cancel_requested_at)),
         ])
-        self.metadata = _facts([
-            ("Type", job_type.label if job_type else run.run_type), ("Run type", run.run_type),
-            ("Origin", self.run.origin), ("Organization", snap["slug"]), ("Queue", run.queue),
-            ("Priority", run.priority), ("Timeout", f"{job_type.timeout_seconds} s" if job_type else ""),
-            ("Attempt", run.attempt), ("Created by", run.created_by), ("Worker", run.worker_hostname),
-            ("Celery task", run.celery_task_id), ("Trace id", run.trace_id),
-        ])
+        self.last_activity_iso = iso(run.last_activity_at)
+        slug = snap["slug"]
+        parent = ([LinkItem("Parent", str(run.parent_run_id)[:8], run_href(run.parent_run_id, self.scoped_slug or None))]
+                  if run.parent_run_id else [])
+        self.metadata = [
+            *_facts([("Type", job_type.label if job_type else run.run_type), ("Run type", run.run_type),
+                     ("Origin", self.run.origin)]),
+            LinkItem("Organization", slug, f"/orgs/{quote(slug, safe='')}/jobs"),
+            *parent,
+            *_facts([("Queue", run.queue), ("Priority", run.priority),
+                     ("Timeout", f"{job_type.timeout_seconds} s" if job_type else ""),
+                     ("Attempt", run.attempt), ("Created by", run.created_by), ("Worker", run.worker_hostname),
+                     ("Celery task", run.celery_task_id), ("Trace id", run.trace_id)]),
+        ]
         caps = job_type.capabilities if job_type else None
         self.capabilities = [LinkItem(label=name, name="yes" if getattr(caps, name, False) else "no")
                              for name in ("cancel", "retry", "throttle", "boost")]
@@ -164,6 +234,8 @@ class JobDetailState(rx.State):
             logged = payload.get("event")
             if logged and (not self.logs or logged["id"] > self.logs[-1].id):
                 self.logs.append(log_line(logged, self._system_admin))
+                if logged.get("created_at"):
+                    self.last_activity_iso = iso(_parse(logged["created_at"]))
         if len(self.logs) > LOG_WINDOW:
             self.hidden_logs += len(self.logs) - LOG_WINDOW
             self.logs = self.logs[-LOG_WINDOW:]
@@ -173,7 +245,7 @@ class JobDetailState(rx.State):
             if principal is not None:
                 snap = await asyncio.to_thread(_snapshot, self.run.id, self.scoped_slug or None, principal)
                 self._apply_snapshot(snap)
-        return self._toasts(mine)
+        return None
 
     def _apply_progress(self, progress: dict[str, Any]) -> None:
         progress = displayable(progress)
@@ -183,22 +255,11 @@ class JobDetailState(rx.State):
             percent=float(percent or 0.0),
             has_percent=percent is not None,
             phase=progress.get("phase") or "",
+            phase_label=phase_label(progress.get("phase") or ""),
             counter=counter_text(progress),
             current_item=progress.get("current_item") or "",
         )
         self.progress_json = pretty_json(progress, SHOW_JSON_CHARS)
-
-    def _toasts(self, events: list[dict[str, Any]]) -> list[Any]:
-        out = []
-        for event in events:
-            if event["kind"] != "status" or event["run_id"] in self.toasted:
-                continue
-            toast = end_toast(event["run_id"], self.run.run_type, event["payload"]["status"], self.error_message,
-                              name=self.run.name)
-            if toast is not None:
-                self.toasted.append(event["run_id"])
-                out.append(toast)
-        return out
 
     async def _principal(self) -> Any:
         return (await principal_or_redirect(self))[0]
@@ -219,6 +280,7 @@ class JobDetailState(rx.State):
 
     @rx.event
     async def retry(self):  # type: ignore[no-untyped-def]
+        """Retry, then go to the new run's page (its own URL, loaded afresh)."""
         new = await self._act(actions.retry, "Retry started")
         return rx.redirect(run_href(new.id, self.scoped_slug or None)) if new is not None else None
 
@@ -233,3 +295,12 @@ class JobDetailState(rx.State):
     @rx.var
     def is_active(self) -> bool:
         return self.run.status not in [s.value for s in RunStatus if s.is_terminal]
+
+
+def _parse(value: str) -> Any:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 import reflex as rx
 
@@ -15,12 +17,15 @@ from backend.errors import CuratoreError, NotFound
 from backend.jobtypes.registry import get_registry
 from backend import actions
 from backend.auth.access import Forbidden
+from backend import list_sort
+from backend.db.types import utcnow
 from backend.runs import listing
 from backend.db.states import RunOrigin, RunStatus
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.session import SessionState, principal_or_redirect
-from curatore_ui.state.toasts import end_toast
-from curatore_ui.state.views import RunRow, counter_text, route_params, run_row
+from curatore_ui.state.permissions import may
+from curatore_ui.state.toasts import follow_my_runs
+from curatore_ui.state.views import RunRow, counter_text, phase_label, route_params, run_row
 
 PAGE_SIZE = 25
 S = RunStatus
@@ -32,6 +37,17 @@ STATUS_GROUPS: dict[str, tuple[RunStatus, ...]] = {
     "cancelled": (S.CANCELLED,),
     "stale": (S.STALE,),
 }
+# Each status card is a filter: (status group, only runs that ended in the last 24 h).
+CARD_FILTERS: dict[str, tuple[str, str]] = {
+    "pending": ("pending", ""), "running": ("running", ""), "done_24h": ("completed", "24h"),
+    "failed_24h": ("failed", "24h"), "stale": ("stale", ""),
+}
+SORTS = ("created", "priority", "duration", "status", "type")
+DEFAULTS: dict[str, str] = {"type": "all", "status": "all", "origin": "all", "from": "", "to": "", "search": "",
+                            "sort": "created", "dir": "desc", "window": ""}
+# filter key -> its name in the page's URL query
+QUERY_NAMES = {"type": "type", "status": "status", "origin": "origin", "from": "from", "to": "to", "search": "q",
+               "sort": "sort", "dir": "dir", "window": "ended"}
 
 
 @dataclasses.dataclass
@@ -50,6 +66,49 @@ def _date(value: str, end: bool = False) -> datetime | None:
     return day + timedelta(days=1) if end else day
 
 
+def _valid_date(value: str) -> str:
+    try:
+        return date.fromisoformat(value).isoformat() if len(value) == 10 else ""
+    except ValueError:
+        return ""
+
+
+def filters_from_query(query: dict[str, str]) -> tuple[dict[str, str], str, list[str]]:
+    """The filters, page cursor and earlier cursors a URL query names; anything unknown or malformed falls back
+    to its default (a shared link never breaks the page)."""
+    f = dict(DEFAULTS)
+    get = {k: str(query.get(name, "")).strip() for k, name in QUERY_NAMES.items()}
+    registry = get_registry()
+    if get["type"] in registry.types:
+        f["type"] = get["type"]
+    if get["status"] in STATUS_GROUPS:
+        f["status"] = get["status"]
+    if get["origin"] in {o.value for o in RunOrigin}:
+        f["origin"] = get["origin"]
+    f["from"], f["to"] = _valid_date(get["from"]), _valid_date(get["to"])
+    f["search"] = get["search"][:200]
+    if get["sort"] in SORTS:
+        f["sort"] = get["sort"]
+    if get["dir"] == "asc" and f["sort"] != "priority":
+        f["dir"] = "asc"
+    if get["window"] == "24h" and f["status"] in ("completed", "failed"):
+        f["window"] = "24h"
+    cursor = str(query.get("cursor", ""))[:2000]
+    # the earlier pages' cursors, "-" for the first page's (which has none)
+    back = [("" if c == "-" else c) for c in str(query.get("back", "")).split(".") if c][:200] if cursor else []
+    return f, cursor, back
+
+
+def query_string(f: dict[str, str], cursor: str, back: list[str]) -> str:
+    """The URL query of a list view: only what differs from the defaults."""
+    pairs = [(QUERY_NAMES[k], v) for k, v in f.items() if k in QUERY_NAMES and v != DEFAULTS.get(k)]
+    if cursor:
+        pairs.append(("cursor", cursor))
+        if back:
+            pairs.append(("back", ".".join(c or "-" for c in back)))
+    return urlencode(pairs)
+
+
 def build_query(org_id: uuid.UUID | None, f: dict[str, str]) -> listing.ListQuery:
     return listing.ListQuery(
         organization_id=org_id,
@@ -61,6 +120,17 @@ def build_query(org_id: uuid.UUID | None, f: dict[str, str]) -> listing.ListQuer
         search=f.get("search", ""),
         sort="priority" if f.get("sort") == "priority" else "created",
     )
+
+
+def _page(q: listing.ListQuery, f: dict[str, str], cursor: str | None) -> listing.Page:
+    """Newest first and priority order: the list's own keyset; the other columns, either direction, and the
+    24 h cards: ``backend.list_sort``."""
+    window = utcnow() - timedelta(hours=24) if f.get("window") == "24h" else None
+    if f.get("sort") == "priority" or (f.get("sort", "created") == "created" and f.get("dir") != "asc"
+                                       and window is None):
+        return listing.page(q, cursor, PAGE_SIZE)
+    return list_sort.page(q, f.get("sort", "created"), f.get("dir") != "asc", cursor, PAGE_SIZE,
+                          completed_since=window)
 
 
 def visible_org_id(org_slug: str, principal: Any) -> uuid.UUID:
@@ -83,11 +153,11 @@ def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bo
     else:
         raise Forbidden("Only system admins see every organization's jobs.")
     q = build_query(org_id, filters)
-    pg = listing.page(q, cursor, PAGE_SIZE)
+    pg = _page(q, filters, cursor)
     rows = [
         run_row(r, org_slug=pg.org_slugs.get(r.organization_id, ""), children=pg.child_counts.get(r.id),
                 queue_position=pg.queue_positions.get(r.id, 0), eta_seconds=pg.etas.get(r.id),
-                scoped_slug=org_slug if scoped else None)
+                scoped_slug=org_slug if scoped else None, principal=principal)
         for r in pg.runs
     ]
     counts = listing.type_counts(q)
@@ -96,14 +166,24 @@ def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bo
         TypeTab(t.key, t.label, counts.get(t.key, 0), t.icon, t.color) for t in registry.types.values()
     ]
     return {"rows": rows, "next": pg.next_cursor or "", "tabs": tabs, "cards": listing.status_cards(org_id),
-            "org_id": str(org_id) if org_id else ""}
+            "org_id": str(org_id) if org_id else "",
+            "can_act": may(principal, "cancel", org_id) or may(principal, "retry", org_id),
+            "can_submit": may(principal, "submit", org_id or _default_org_id())}
+
+
+def _default_org_id() -> uuid.UUID | None:
+    from backend.config import get_settings
+
+    try:
+        return get_org(get_settings().default_org_slug).id
+    except NotFound:
+        return None
 
 
 class JobsListState(rx.State):
     live_seq: int = 0
     org_slug: str = ""
-    filters: dict[str, str] = {"type": "all", "status": "all", "origin": "all", "from": "", "to": "",
-                               "search": "", "sort": "created"}
+    filters: dict[str, str] = dict(DEFAULTS)
     rows: list[RunRow] = []
     tabs: list[TypeTab] = []
     cards: dict[str, int] = {}
@@ -111,8 +191,8 @@ class JobsListState(rx.State):
     prev_cursors: list[str] = []
     next_cursor: str = ""
     selected: list[str] = []
-    started: list[str] = []  # runs this client started here (retries, samples): toasted when they end
-    toasted: list[str] = []
+    can_act: bool = False  # the role may cancel or retry here: row checkboxes, bulk and row actions
+    can_submit: bool = False  # the role may start runs here: "Start sample jobs"
     notice: str = ""
     error: str = ""
 
@@ -126,7 +206,9 @@ class JobsListState(rx.State):
             orgs = (await self.get_state(SessionState)).orgs
             if orgs:
                 return rx.redirect(f"/orgs/{orgs[0]['slug']}/jobs")
-        self.cursor, self.prev_cursors, self.selected = "", [], []
+        self.filters, self.cursor, self.prev_cursors = filters_from_query(dict(self.router.url.query_parameters))
+        self.selected, self.notice = [], ""
+        await follow_my_runs(self, principal)
         await self._refresh(watch=True, principal=principal)
         return None
 
@@ -138,12 +220,18 @@ class JobsListState(rx.State):
         try:
             data = await asyncio.to_thread(_read, self.org_slug, dict(self.filters), self.cursor or None,
                                            bool(self.org_slug), principal)
+        except listing.InvalidCursor:  # a link with a broken page cursor: its first page
+            self.cursor, self.prev_cursors = "", []
+            self.notice = "That page link is no longer valid; showing the first page."
+            data = await asyncio.to_thread(_read, self.org_slug, dict(self.filters), None, bool(self.org_slug),
+                                           principal)
         except CuratoreError as exc:
             self.error = exc.message
-            self.rows, self.tabs, self.cards = [], [], {}
+            self.rows, self.tabs, self.cards, self.can_act, self.can_submit = [], [], {}, False, False
             return
         self.error = ""
         self.rows, self.tabs, self.cards, self.next_cursor = data["rows"], data["tabs"], data["cards"], data["next"]
+        self.can_act, self.can_submit = data["can_act"], data["can_submit"]
         if watch:
             self.live_seq = seq
             scope = Watch(JobsListState, organization_id=data["org_id"] or None,
@@ -151,10 +239,9 @@ class JobsListState(rx.State):
             bridge.watch(self.router.session.client_token, scope)
 
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
-        toasts = self._toasts(events)
         if any(e["kind"] in ("created", "status") for e in events):
             await self._refresh()
-            return toasts
+            return None
         by_id = {row.id: i for i, row in enumerate(self.rows)}
         for event in events:
             if event["kind"] == "progress" and event["run_id"] in by_id:
@@ -165,41 +252,96 @@ class JobsListState(rx.State):
                     percent=float(progress.get("percent") or 0.0),
                     has_percent=progress.get("percent") is not None,
                     phase=progress.get("phase") or "",
+                    phase_label=phase_label(progress.get("phase") or ""),
                     counter=counter_text(progress),
                 )
-        return toasts
+        return None
 
-    def _toasts(self, events: list[dict[str, Any]]) -> list[Any]:
-        out = []
-        for event in events:
-            if event["kind"] == "status" and event["run_id"] in self.started and event["run_id"] not in self.toasted:
-                run = event["payload"]["run"]
-                toast = end_toast(event["run_id"], run["run_type"], event["payload"]["status"],
-                                  event["payload"].get("event", {}).get("message", ""), name=run.get("display_name"))
-                if toast is not None:
-                    self.toasted.append(event["run_id"])
-                    out.append(toast)
-        return out
+    # ------------------------------------------------------------------ filters, sorting and paging (all in the URL)
+    def _url_sync(self) -> Any:
+        """The page's URL query follows the view (replaced, not pushed): a copied link shows the same list."""
+        query = query_string(dict(self.filters), self.cursor, list(self.prev_cursors))
+        path = self.router.url.path or "/"
+        return rx.call_script(f"window.history.replaceState(window.history.state, '', {json.dumps(path + ('?' + query if query else ''))})")
 
-    # ------------------------------------------------------------------ filters and paging
-    @rx.event
-    async def set_filter(self, key: str, value: str) -> None:
-        self.filters[key] = value
+    async def _apply(self, **changes: str):  # type: ignore[no-untyped-def]
+        self.filters = {**self.filters, **changes}
+        if self.filters.get("status") not in ("completed", "failed"):
+            self.filters["window"] = ""
         self.cursor, self.prev_cursors = "", []
         await self._refresh()
+        return self._url_sync()
 
     @rx.event
-    async def next_page(self) -> None:
+    async def set_filter(self, key: str, value: str):  # type: ignore[no-untyped-def]
+        if key not in DEFAULTS or key in ("sort", "dir", "window"):
+            return None
+        return await self._apply(**{key: str(value)[:200]})
+
+    @rx.event
+    async def search(self, form: dict[str, Any]):  # type: ignore[no-untyped-def]
+        """Enter in the search box (the form's submit)."""
+        return await self._apply(search=str(form.get("search", ""))[:200])
+
+    @rx.event
+    async def search_typed(self, value: str):  # type: ignore[no-untyped-def]
+        """Typing in the search box, debounced by the input."""
+        if value.strip() == self.filters.get("search", "").strip():
+            return None
+        return await self._apply(search=str(value)[:200])
+
+    @rx.event
+    async def pick_card(self, card: str):  # type: ignore[no-untyped-def]
+        """A status card: filter by it, or clear that filter if it is the one applied."""
+        if card not in CARD_FILTERS:
+            return None
+        status, window = CARD_FILTERS[card]
+        if self.filters.get("status") == status and self.filters.get("window", "") == window:
+            status, window = "all", ""
+        return await self._apply(status=status, window=window)
+
+    @rx.event
+    async def sort_by(self, column: str):  # type: ignore[no-untyped-def]
+        """A column header: sort by it (longest, latest or last-in-order first), again for the other way."""
+        if column not in SORTS:
+            return None
+        if self.filters.get("sort") == column and column != "priority":
+            direction = "asc" if self.filters.get("dir") == "desc" else "desc"
+        else:
+            direction = "asc" if column in ("status", "type") else "desc"
+        return await self._apply(sort=column, dir=direction)
+
+    @rx.event
+    async def sort_choice(self, value: str):  # type: ignore[no-untyped-def]
+        """The sort menu: ``column:direction``."""
+        column, _, direction = str(value).partition(":")
+        if column not in SORTS or direction not in ("asc", "desc"):
+            return None
+        return await self._apply(sort=column, dir="desc" if column == "priority" else direction)
+
+    @rx.event
+    async def next_page(self):  # type: ignore[no-untyped-def]
         if self.next_cursor:
             self.prev_cursors.append(self.cursor)
             self.cursor = self.next_cursor
             await self._refresh()
+            return self._url_sync()
+        return None
 
     @rx.event
-    async def prev_page(self) -> None:
+    async def prev_page(self):  # type: ignore[no-untyped-def]
         if self.prev_cursors:
             self.cursor = self.prev_cursors.pop()
             await self._refresh()
+            return self._url_sync()
+        return None
+
+    @rx.var
+    def active_card(self) -> str:
+        for card, (status, window) in CARD_FILTERS.items():
+            if self.filters.get("status") == status and self.filters.get("window", "") == window:
+                return card
+        return ""
 
     # ------------------------------------------------------------------ selection and bulk actions
     @rx.event
@@ -223,8 +365,7 @@ class JobsListState(rx.State):
 
     async def _retry(self, ids: list[str]) -> tuple[int, list[str]]:
         principal = await self._principal()
-        return await asyncio.to_thread(
-            _each, ids, lambda rid: self.started.append(str(actions.retry(principal, rid).id)))
+        return await asyncio.to_thread(_each, ids, lambda rid: actions.retry(principal, rid))
 
     @rx.event
     async def bulk_cancel(self) -> None:
@@ -259,7 +400,6 @@ class JobsListState(rx.State):
         except CuratoreError as exc:
             self.notice = exc.message
             return
-        self.started.extend(str(r.id) for r in runs)
         self.notice = f"Started {len(runs)} sample jobs on the bundled sample files"
 
     @rx.var

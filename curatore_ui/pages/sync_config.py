@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import unquote
 
 import reflex as rx
 from sqlalchemy import select
@@ -17,12 +18,16 @@ from backend.db.engine import in_transaction
 from backend.db.models import Asset, ConnectorState
 from backend.errors import CuratoreError
 from backend import actions
+from backend.jobtypes.registry import get_registry
+from backend.runs import listing
 from backend.runs.queries import RunFilter, list_runs
 from curatore_ui.components.job_progress_panel import is_resource_busy, job_progress_panel_by_type
 from curatore_ui.components.layout import layout
 from curatore_ui.components.run_table import run_table
 from curatore_ui.live import Watch, bridge, current_seq
+from curatore_ui.state.permissions import submit_refusal
 from curatore_ui.state.session import principal_or_redirect
+from curatore_ui.state.toasts import follow_my_runs
 from curatore_ui.state.views import LinkItem, RunRow, route_params, run_row
 
 def _read(slug: str, config_id: str, principal: Any) -> dict[str, Any]:
@@ -43,8 +48,12 @@ def _read(slug: str, config_id: str, principal: Any) -> dict[str, Any]:
         return row.state if row else {}
 
     last = runs[0].config if runs else {}
+    extra = listing.annotate(runs)
     return {
-        "history": [run_row(r, org_slug=slug, scoped_slug=slug) for r in runs],
+        "history": [run_row(r, org_slug=slug, scoped_slug=slug, principal=principal,
+                            children=extra.child_counts.get(r.id), queue_position=extra.queue_positions.get(r.id, 0),
+                            eta_seconds=extra.etas.get(r.id)) for r in runs],
+        "can_sync": submit_refusal(principal, get_registry().find("sharepoint_sync"), org.id) == "",
         "files": [LinkItem(a.filename, f"{a.size_bytes:,} bytes", f"/orgs/{slug}/assets/{a.id}", "file", "blue")
                   for a in in_transaction(files)],
         "drive_id": last.get("drive_id", ""),
@@ -65,6 +74,7 @@ class SyncConfigState(rx.State):
     has_delta: bool = False
     history: list[RunRow] = []
     files: list[LinkItem] = []
+    can_sync: bool = False
     error: str = ""
 
     @rx.event
@@ -73,8 +83,11 @@ class SyncConfigState(rx.State):
         if redirect:
             return redirect
         params = route_params(self.router.url.path)
-        self.slug, self.config_id = params.get("slug", ""), params.get("id", "")
+        self.slug, self.config_id = params.get("slug", ""), unquote(params.get("id", ""))
+        self.drive_id, self.history, self.files, self.error, self.can_sync = "", [], [], "", False
+        self.full_resync, self.has_delta = False, False
         seq = await asyncio.to_thread(current_seq)
+        await follow_my_runs(self, principal)
         await self._refresh(first=True)
         self.live_seq = seq
         bridge.watch(self.router.session.client_token,
@@ -92,6 +105,7 @@ class SyncConfigState(rx.State):
             self.error = exc.message
             return
         self.history, self.files, self.has_delta = data["history"], data["files"], data["has_delta"]
+        self.can_sync = data["can_sync"]
         if first:
             self.drive_id = self.drive_id or data["drive_id"]
             self.connection, self.connections = data["connection"], data["connections"]
@@ -145,9 +159,10 @@ def _form() -> rx.Component:
             rx.checkbox("Full resync (ignore the delta link)", checked=S.full_resync, on_change=S.set_full_resync),
             rx.spacer(),
             rx.cond(S.has_delta, rx.badge("delta link kept", color_scheme="green", variant="soft")),
-            rx.button(rx.icon("folder-sync", size=14), "Start sync", on_click=S.start_sync,
-                      disabled=is_resource_busy("sharepoint_config", S.config_id, "sharepoint_sync"),
-                      data_testid="start-sync"),
+            rx.cond(S.can_sync, rx.button(rx.icon("folder-sync", size=14), "Start sync", on_click=S.start_sync,
+                                          disabled=is_resource_busy("sharepoint_config", S.config_id,
+                                                                    "sharepoint_sync"),
+                                          data_testid="start-sync")),
             width="100%", align="center",
         ),
         spacing="3", width="100%",

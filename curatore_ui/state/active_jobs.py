@@ -17,7 +17,7 @@ import reflex as rx
 from backend.runs import listing
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.session import principal_or_redirect
-from curatore_ui.state.views import ago, counter_text, run_href
+from curatore_ui.state.views import ago, counter_text, iso, phase_label, run_href
 
 CALLBACKS: dict[str, Any] = {}  # panel key -> event handler fired when its last job ends
 
@@ -36,6 +36,7 @@ class PanelJob:
     counter: str = ""
     current_item: str = ""
     started_ago: str = ""
+    started_iso: str = ""  # the browser says "started 2 minutes ago" from this, ticking
     href: str = ""
     is_parent: bool = False
     children_total: int = 0
@@ -54,9 +55,10 @@ def _panel_job(run: Any, counts: dict[str, int] | None, job_type: Any) -> PanelJ
         name=run.display_name or (job_type.label if job_type else run.run_type),
         icon=job_type.icon if job_type else "box", color=job_type.color if job_type else "gray",
         status=run.status.value, percent=float(progress.get("percent") or 0.0),
-        has_percent=progress.get("percent") is not None, phase=progress.get("phase") or "",
+        has_percent=progress.get("percent") is not None, phase=phase_label(progress.get("phase") or ""),
         counter=counter_text(progress), current_item=progress.get("current_item") or "",
-        started_ago=ago(run.started_at) if run.started_at else "queued", href=run_href(run.id),
+        started_ago=ago(run.started_at) if run.started_at else "queued", started_iso=iso(run.started_at),
+        href=run_href(run.id),
         is_parent=run.is_group_parent, children_total=total, children_completed=counts.get("completed", 0),
         children_failed=counts.get("failed", 0) + counts.get("cancelled", 0),
         children_percent=round(100.0 * done / total, 1) if total else 0.0,

@@ -36,10 +36,14 @@ class RunRow:
     percent: float = 0.0
     has_percent: bool = False
     phase: str = ""
+    phase_label: str = ""  # "Detecting deletions": for people; phase stays the registry's name
     current_item: str = ""
     counter: str = ""
     created: str = ""
     created_ago: str = ""
+    created_iso: str = ""  # ISO timestamps: the browser computes "ago" and running durations from these
+    started_iso: str = ""
+    completed_iso: str = ""
     duration: str = ""
     org_slug: str = ""
     href: str = ""
@@ -55,6 +59,12 @@ class RunRow:
     can_retry: bool = False
     can_boost: bool = False
     can_kill: bool = False
+    # what the signed-in person's role allows on this run (backend.auth.access decides; see permissions.py)
+    may_cancel: bool = False
+    may_retry: bool = False
+    may_boost: bool = False
+    may_kill: bool = False
+    retry_refused: str = ""  # the role allows retries, but not of this type: why (a disabled button's tooltip)
 
 
 @dataclasses.dataclass
@@ -133,6 +143,16 @@ def pretty_json(value: Any, limit: int | None = None) -> str:
             f"the first {size_text(limit)} are shown)")
 
 
+def iso(value: datetime | None) -> str:
+    return value.astimezone(timezone.utc).isoformat() if value else ""
+
+
+def phase_label(phase: str) -> str:
+    """A registry phase name for people: ``detecting_deletions`` -> ``Detecting deletions``."""
+    text = phase.replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
 def counter_text(progress: dict[str, Any]) -> str:
     current, total = progress.get("current"), progress.get("total")
     if total is None:
@@ -159,7 +179,10 @@ def run_row(
     queue_position: int = 0,
     eta_seconds: float | None = None,
     scoped_slug: str | None = None,
+    principal: Any = None,
 ) -> RunRow:
+    from curatore_ui.state.permissions import run_permissions
+
     job_type = get_registry().find(run.run_type)
     status = RunStatus(run.status)
     progress = run.progress or {}
@@ -180,10 +203,14 @@ def run_row(
         percent=float(100.0 if status is RunStatus.COMPLETED else (percent or 0.0)),
         has_percent=percent is not None or status is RunStatus.COMPLETED,
         phase=progress.get("phase") or "",
+        phase_label=phase_label(progress.get("phase") or "") if status.is_active else "",
         current_item=progress.get("current_item") or "",
-        counter=counter_text(progress),
+        counter=counter_text(progress) if status.is_active or progress.get("total") else "",
         created=ts(run.created_at),
         created_ago=ago(run.created_at),
+        created_iso=iso(run.created_at),
+        started_iso=iso(run.started_at),
+        completed_iso=iso(run.completed_at) or ("" if status.is_active else iso(run.last_activity_at or run.created_at)),
         duration=duration(run.started_at, run.completed_at),
         org_slug=org_slug,
         href=run_href(run.id, scoped_slug),
@@ -199,6 +226,7 @@ def run_row(
         can_retry=bool(caps and caps.retry and status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED)),
         can_boost=bool(caps and caps.boost and status in (RunStatus.PENDING, RunStatus.SUBMITTED) and run.priority < 4),
         can_kill=status in (RunStatus.RUNNING, RunStatus.CANCELLING, RunStatus.STALE),
+        **run_permissions(principal, run.organization_id, job_type),
     )))
 
 
