@@ -184,10 +184,6 @@ def submit(
 
 def _principal_of(email: str) -> Any:
     """``--as EMAIL``: that user, who must exist and not be disabled."""
-    from backend.auth.access import Principal
-    from backend.auth.users import get_user
-    from backend.validation import MAX_NAME, check_text
-
     check_text(email, "--as", max_length=MAX_NAME)
     user = get_user(email)
     if user.disabled:

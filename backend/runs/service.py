@@ -175,6 +175,11 @@ def create_run(
     return in_transaction(write, session)
 
 
+def _a(label: str) -> str:
+    """``label`` with its article: "An Extraction", "A SharePoint sync"."""
+    return f"{'An' if label[:1].lower() in 'aeiou' else 'A'} {label}"
+
+
 def _refuse_duplicate(session: Session, job_type: Any, organization_id: uuid.UUID, resource_id: str) -> None:
     names = [job_type.key, *job_type.aliases]
     same = [Run.organization_id == organization_id, Run.run_type.in_(names), Run.resource_id == resource_id]
@@ -182,7 +187,7 @@ def _refuse_duplicate(session: Session, job_type: Any, organization_id: uuid.UUI
         select(Run.id).where(*same, Run.status.in_([st for st in RunStatus if st.is_active])).limit(1)
     ).scalar_one_or_none()
     if active is not None:
-        raise DuplicateRun(f"A {job_type.label} run for {resource_id} is already queued or running ({active}).",
+        raise DuplicateRun(f"{_a(job_type.label)} run for {resource_id} is already queued or running ({active}).",
                            run_id=str(active))
     if job_type.dedupe_cooldown_seconds:
         since = utcnow() - timedelta(seconds=job_type.dedupe_cooldown_seconds)
@@ -190,7 +195,7 @@ def _refuse_duplicate(session: Session, job_type: Any, organization_id: uuid.UUI
             select(Run.id).where(*same, Run.status == S.COMPLETED, Run.completed_at >= since).limit(1)
         ).scalar_one_or_none()
         if recent is not None:
-            raise DuplicateRun(f"A {job_type.label} run for {resource_id} completed less than "
+            raise DuplicateRun(f"{_a(job_type.label)} run for {resource_id} completed less than "
                                f"{job_type.dedupe_cooldown_seconds} s ago ({recent}).", run_id=str(recent))
 
 
