@@ -198,9 +198,9 @@ def test_a_cli_run_of_the_signed_in_person_toasts_on_an_open_jobs_page(app, app_
     page.goto(f"{app.url}/system/jobs")
     page.wait_for_selector("[data-testid=type-tab]")
     tag = uuid.uuid4().hex[:6]
-    cli(app_backend, "submit", "extraction", "--config", '{"path": "assets/samples/meeting-notes.txt"}',
+    cli(app_backend, "submit", "extraction", "--config", '{"path": "backend/demo/files/samples/meeting-notes.txt"}',
         "--name", f"not-mine-{tag}", "--wait")  # the CLI's own run: not this person's
-    theirs = cli(app_backend, "submit", "extraction", "--config", '{"path": "assets/samples/contracts.csv"}',
+    theirs = cli(app_backend, "submit", "extraction", "--config", '{"path": "backend/demo/files/samples/contracts.csv"}',
                  "--name", f"mine-{tag}", "--as", ADMIN[0])
     toast = page.locator("[data-sonner-toast]", has_text=f"Extracted mine-{tag}")
     expect(toast).to_have_count(1, timeout=30_000)
@@ -210,5 +210,5 @@ def test_a_cli_run_of_the_signed_in_person_toasts_on_an_open_jobs_page(app, app_
     row(page, theirs).wait_for()
     # the CLI names an extraction by the file, not its local path
     expect(row(page, theirs).locator("[data-testid=run-link]")).to_have_text(f"mine-{tag}")
-    plain = cli(app_backend, "submit", "extraction", "--config", '{"path": "assets/samples/contracts.csv"}')
+    plain = cli(app_backend, "submit", "extraction", "--config", '{"path": "backend/demo/files/samples/contracts.csv"}')
     expect(row(page, plain).locator("[data-testid=run-link]")).to_have_text("contracts.csv")
