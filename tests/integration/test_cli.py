@@ -72,7 +72,7 @@ def test_submit_wait_show_and_list(backend, worker, workdir):
     run = get_run(run_id)
     assert RunStatus(run.status) is RunStatus.COMPLETED
     assert run.run_type == "extraction" and run.created_by == "cli"
-    assert run.display_name == str(memo)
+    assert run.display_name == memo.name  # named by the file, not by a path of the machine it was sent from
     assert set(run.config) == {"asset_id", "force"}  # the path became a stored asset
     assert run.results_summary["format"] == "markdown"
 
