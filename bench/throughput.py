@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import reset_process_state
 from tests.processes import ROOT, stop_group
 
 PG_ADMIN_URL = os.environ.get("CURATORE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -75,7 +76,7 @@ def environment(mode: str, data_dir: Path) -> Iterator[dict[str, str]]:
         os.environ.pop("CURATORE_REDIS_URL", None)
         os.environ.pop("CURATORE_BROKER_KEY_PREFIX", None)
     os.environ.update(env)
-    _reset()
+    reset_process_state()
     try:
         from backend.db.migrate import upgrade
 
@@ -87,7 +88,7 @@ def environment(mode: str, data_dir: Path) -> Iterator[dict[str, str]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        _reset()
+        reset_process_state()
         if mode == "pg":  # the messages left in the broker (bulk_submit's) go with the database
             import redis
 
@@ -99,27 +100,6 @@ def environment(mode: str, data_dir: Path) -> Iterator[dict[str, str]]:
 
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-
-def _reset() -> None:
-    from backend.config import reset_settings
-    from backend.db.engine import dispose_engines
-    from backend.jobtypes.registry import reset_registry
-
-    reset_settings()
-    reset_registry()
-    dispose_engines()
-    if "backend.queues.celery_link" in sys.modules:
-        from kombu import pools
-
-        from backend.queues.celery_link import celery_app, configure
-
-        if celery_app._pool is not None:
-            celery_app._pool.force_close_all()
-        celery_app._pool = None
-        celery_app.amqp._producer_pool = None
-        pools.reset()
-        configure(celery_app)
 
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

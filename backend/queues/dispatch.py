@@ -35,14 +35,7 @@ def create_and_dispatch(create: Callable[[Session], Run]) -> Run:
     """``create(session)`` writes a pending run; a dispatch pass over its queue claims it (or not) in the same
     transaction, and publishes after the commit. A run that could not be published because the broker is down is
     marked failed and :class:`BrokerUnavailable` is raised: whoever submitted it hears so at once."""
-
-    def write(s: Session) -> tuple[Run, list[dispatcher.Claimed] | None]:
-        run = create(s)
-        return run, dispatcher.claim(s, run.queue)
-
-    run, claimed = in_transaction(write)
-    _published(run.id, dispatch_pending([run.queue]) if claimed is None else dispatcher.publish(claimed))
-    return run
+    return _create_and_publish(lambda s: [create(s)])[0]
 
 
 def submit_many(specs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]], batch: int = 500) -> list[Run]:
@@ -55,31 +48,35 @@ def submit_many(specs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]], bat
     runs: list[Run] = []
     items = iter(specs)
     while chunk := tuple(itertools.islice(items, batch)):
-
-        def write(s: Session, chunk: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = chunk) -> Any:
-            created = [service.create_run(run_type, config, session=s, **kwargs) for run_type, config, kwargs in chunk]
-            return created, {queue: dispatcher.claim(s, queue) for queue in sorted({r.queue for r in created})}
-
-        created, claimed = in_transaction(write)
-        runs += created
-        outcome: dict[uuid.UUID, Exception | None] = {}
-        for queue, queue_claimed in claimed.items():
-            outcome |= dispatch_pending([queue]) if queue_claimed is None else dispatcher.publish(queue_claimed)
-        unpublished = [rid for rid, exc in outcome.items() if exc is not None]
-        for rid in unpublished:
-            service.fail(rid, "Could not reach the message broker. The run was not started; retry it when the "
-                              "broker is back.")
-        if unpublished:
-            raise BrokerUnavailable(f"Could not reach the message broker: {len(unpublished)} runs were not started.")
+        runs += _create_and_publish(lambda s, chunk=chunk: [
+            service.create_run(run_type, config, session=s, **kwargs) for run_type, config, kwargs in chunk])
     return runs
 
 
-def _published(run_id: uuid.UUID, outcome: dict[uuid.UUID, Exception | None]) -> bool:
-    if run_id not in outcome:
-        return False
-    exc = outcome[run_id]
-    if exc is None:
-        return True
+def _create_and_publish(create: Callable[[Session], list[Run]]) -> list[Run]:
+    """One transaction: ``create(session)``'s pending runs, and a dispatch pass over each of their queues; then
+    the claimed runs are published. Runs whose publish failed are marked failed, and the first one's error is
+    raised as :class:`BrokerUnavailable`."""
+
+    def write(s: Session) -> tuple[list[Run], dict[str, list[dispatcher.Claimed] | None]]:
+        created = create(s)
+        return created, {queue: dispatcher.claim(s, queue) for queue in sorted({r.queue for r in created})}
+
+    created, claimed = in_transaction(write)
+    outcome: dict[uuid.UUID, Exception | None] = {}
+    for queue, queue_claimed in claimed.items():  # a queue another dispatcher was serving: a pass of its own now
+        outcome |= dispatch_pending([queue]) if queue_claimed is None else dispatcher.publish(queue_claimed)
+    unpublished = [(r.id, exc) for r in created if (exc := outcome.get(r.id)) is not None]
+    messages = [_fail_unpublished(run_id, exc) for run_id, exc in unpublished]
+    if unpublished:
+        run_id, exc = unpublished[0]
+        more = f"; {len(unpublished) - 1} more runs were not started" if len(unpublished) > 1 else ""
+        raise BrokerUnavailable(f"{messages[0]} (run {run_id}{more})", run_id=str(run_id)) from exc
+    return created
+
+
+def _fail_unpublished(run_id: uuid.UUID, exc: Exception) -> str:
+    """Mark a run whose publish failed as failed, saying why; returns the message."""
     cause = getattr(exc, "orig", None) or exc
     first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     message = (
@@ -87,7 +84,7 @@ def _published(run_id: uuid.UUID, outcome: dict[uuid.UUID, Exception | None]) ->
         "The run was not started; retry it when the broker is back."
     )
     service.fail(run_id, message)
-    raise BrokerUnavailable(f"{message} (run {run_id})", run_id=str(run_id)) from exc
+    return message
 
 
 def dispatch_after_commit(session: Session, run_id: uuid.UUID) -> None:
