@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     retention_days: int = 30
     # The live bridge reads the outbox at least this often (Redis wake-ups make it immediate).
     live_poll_seconds: float = 0.5
+    # A live list (one organization or all, filters, page) is re-read at most this often, once for every
+    # browser watching it.
+    live_list_seconds: float = Field(default=0.25, ge=0)
     progress_min_interval: float = 0.25
     broker_publish_retries: int = 2
     default_org_slug: str = "demo"

@@ -5,7 +5,17 @@ woken by Redis pub/sub when ``CURATORE_REDIS_URL`` is set and polling every
 ``CURATORE_LIVE_POLL_SECONDS`` otherwise. Pages register what they watch
 (a run, a run's children, a list scope, a resource) for their client token;
 each batch of events is delivered with ``app.modify_state`` only to the
-clients whose watches match, one batch per client (bursts coalesce).
+connected clients whose watches match. Each (client, page state) has its own
+delivery queue drained by its own task, in order: a slow client never holds
+up the listener or another client, and events that arrive while a delivery
+is under way coalesce into the next one. A closed tab costs nothing: events
+are not delivered to a client whose socket is gone (a reconnect hydrates the
+page again, which registers a new watch with a fresh snapshot).
+
+Lists that every watcher would re-read after each event are read once per
+scope instead (:class:`SharedReads`): a watch's ``prefetch`` gets the shared
+result outside the client's state lock, and the state only shapes it for its
+principal.
 
 A watch carries the outbox sequence number its page's snapshot was read at;
 events the listener passed before the watch arrived are replayed to it, and a
@@ -20,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Protocol
 
 import reflex as rx
@@ -47,6 +57,9 @@ class Watch:
     page: bool = True  # a page's watch; False for a panel's, which lives beside the page's
     visible_orgs: frozenset[str] | None = None  # the client's organizations (None: all, a system admin)
     kinds: tuple[str, ...] = ()  # only these event kinds (say, "status" for toasts); empty: all
+    # Read what the state needs for these events before its lock is taken (a shared list read); the result
+    # goes to ``apply_live(events, prefetched=...)``.
+    prefetch: Callable[[list[dict[str, Any]]], Awaitable[Any]] | None = None
 
     def matches(self, event: dict[str, Any]) -> bool:
         if self.visible_orgs is not None and event["organization_id"] not in self.visible_orgs:
@@ -73,14 +86,60 @@ class LiveState(Protocol):
     async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None: ...
 
 
+class SharedReads:
+    """A read shared by every client that watches the same scope (a jobs-list page: organization, filters,
+    page): at most one computation per key at a time, started no sooner than ``min_interval`` seconds after
+    the previous one ended, and each caller gets the first result that reflects the outbox position it
+    needs. So N watchers of one list cost one read per burst of events, not N."""
+
+    def __init__(self, min_interval: float | Callable[[], float], keep_seconds: float = 60.0) -> None:
+        self.min_interval = min_interval
+        self.keep_seconds = keep_seconds
+        self._done: dict[Hashable, tuple[int, float, Any]] = {}  # key -> (outbox seq it reflects, ended, value)
+        self._flights: dict[Hashable, asyncio.Future[Any]] = {}
+        self.computations = 0  # for tests and benchmarks
+
+    async def get(self, key: Hashable, need_seq: int, compute: Callable[[], Any], position: Callable[[], int]) -> Any:
+        """``compute()`` (run in a thread) for ``key``, or a result shared with others that reflects at least
+        outbox position ``need_seq``; ``position()`` is the position every row visible from now on reflects
+        (the live bridge's cursor)."""
+        while True:
+            done = self._done.get(key)
+            if done is not None and done[0] >= need_seq:
+                return done[2]
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = asyncio.ensure_future(self._compute(key, compute, position))
+                self._flights[key] = flight
+            await asyncio.shield(flight)  # a result older than needed: loop round for a newer one
+
+    async def _compute(self, key: Hashable, compute: Callable[[], Any], position: Callable[[], int]) -> None:
+        try:
+            done = self._done.get(key)
+            if done is not None:
+                interval = self.min_interval() if callable(self.min_interval) else self.min_interval
+                await asyncio.sleep(max(0.0, done[1] + interval - time.monotonic()))
+            seq = position()
+            value = await asyncio.to_thread(compute)
+            self.computations += 1
+            now = time.monotonic()
+            self._done[key] = (seq, now, value)
+            for old in [k for k, (_, ended, _) in self._done.items() if now - ended > self.keep_seconds]:
+                del self._done[old]
+        finally:
+            self._flights.pop(key, None)
+
+
 class Bridge:
     def __init__(self) -> None:
         self.watches: dict[str, dict[type[rx.State], Watch]] = {}
         self.cursor = 0
         self.app: rx.App | None = None
         self._wake = asyncio.Event()
-        self._token_locks: dict[str, asyncio.Lock] = {}
-        self._catch_ups: list[tuple[str, Watch]] = []
+        # per (client, state): events waiting for delivery, the outbox position to catch up from, the task
+        self._queued: dict[tuple[str, type[rx.State]], list[dict[str, Any]]] = {}
+        self._catch_up_from: dict[tuple[str, type[rx.State]], int] = {}
+        self._senders: dict[tuple[str, type[rx.State]], asyncio.Task[None]] = {}
         self._seen: dict[str, float] = {}  # token -> when it was last seen connected
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -94,8 +153,10 @@ class Bridge:
                 if old.page:
                     del mine[state]
         mine[watch.state] = watch
-        self._catch_ups.append((token, watch))
-        self.wake()
+        key = (token, watch.state)
+        self._queued.pop(key, None)  # what was queued for the state's previous watch is in its new snapshot
+        self._catch_up_from[key] = watch.since_seq
+        self._send(key)
 
     @staticmethod
     def scope(principal: Any) -> frozenset[str] | None:
@@ -132,9 +193,7 @@ class Bridge:
                     events = []
                 if events:
                     self.cursor = events[-1]["seq"]
-                    await self._fan_out(events)
-                while self._catch_ups:
-                    await self._catch_up(*self._catch_ups.pop(0))
+                    self._fan_out(events)
                 if len(events) >= 1000:
                     continue
                 self._wake.clear()
@@ -161,42 +220,71 @@ class Bridge:
                 log.warning("live bridge lost Redis (%s); polling until it is back", exc)
                 await asyncio.sleep(2)
 
-    async def _fan_out(self, events: list[dict[str, Any]]) -> None:
+    def _fan_out(self, events: list[dict[str, Any]]) -> None:
+        """Queue each event for every connected client whose watch matches it."""
         self._forget_disconnected()
-        jobs = []
+        connected = self._connected_tokens()
         for token, by_state in list(self.watches.items()):
+            if token not in connected:
+                continue  # a closed tab (or one reconnecting: its hydrate registers a fresh watch)
             for watch in list(by_state.values()):
                 matched = [e for e in events if watch.matches(e)]
                 if matched:
-                    jobs.append(self._deliver(token, watch.state, matched))
-        if jobs:
-            await asyncio.gather(*jobs)
+                    self._queued.setdefault((token, watch.state), []).extend(matched)
+                    self._send((token, watch.state))
 
-    async def _catch_up(self, token: str, watch: Watch) -> None:
-        """Deliver what the listener passed before this watch was registered."""
-        if watch.since_seq >= self.cursor:
-            return
-        events = await asyncio.to_thread(outbox.read_after, watch.since_seq, 5000)
-        matched = [e for e in events if e["seq"] <= self.cursor and watch.matches(e)]
-        if matched:
-            await self._deliver(token, watch.state, matched)
+    def _send(self, key: tuple[str, type[rx.State]]) -> None:
+        if key not in self._senders and self._loop is not None:
+            self._senders[key] = self._loop.create_task(self._drain(key))
 
-    async def _deliver(self, token: str, state_cls: type[rx.State], events: list[dict[str, Any]]) -> None:
+    async def _drain(self, key: tuple[str, type[rx.State]]) -> None:
+        """Deliver a client state's queue in order until it is empty; what arrives meanwhile coalesces."""
+        token, state_cls = key
+        try:
+            while key in self._catch_up_from or self._queued.get(key):
+                events = await self._catch_up(key)
+                events += self._queued.pop(key, [])
+                watch = self.watches.get(token, {}).get(state_cls)
+                if events and watch is not None:
+                    await self._deliver(token, watch, sorted({e["seq"]: e for e in events}.values(),
+                                                             key=lambda e: e["seq"]))
+        finally:
+            self._senders.pop(key, None)
+
+    async def _catch_up(self, key: tuple[str, type[rx.State]]) -> list[dict[str, Any]]:
+        """What the listener passed before this watch was registered (merged with what it queued since)."""
+        since = self._catch_up_from.pop(key, None)
+        if since is None or since >= self.cursor:
+            return []
+        upto = self.cursor
+        try:
+            events = await asyncio.to_thread(outbox.read_after, since, 5000)
+        except Exception as exc:  # the database may be away for a moment: try again with the next events
+            log.warning("live bridge could not catch up a watch: %s", exc)
+            self._catch_up_from.setdefault(key, since)
+            await asyncio.sleep(1.0)
+            return []
+        watch = self.watches.get(key[0], {}).get(key[1])
+        return [e for e in events if e["seq"] <= upto and watch is not None and watch.matches(e)]
+
+    async def _deliver(self, token: str, watch: Watch, events: list[dict[str, Any]]) -> None:
         assert self.app is not None
-        lock = self._token_locks.setdefault(token, asyncio.Lock())
-        async with lock:
-            try:
-                async with self.app.modify_state(rx.BaseStateToken(ident=token, cls=state_cls)) as root:
-                    state = await root.get_state(state_cls)
-                    fresh = [e for e in events if e["seq"] > state.live_seq]
-                    if not fresh:
-                        return
+        try:
+            prefetched = await watch.prefetch(events) if watch.prefetch is not None else None
+            async with self.app.modify_state(rx.BaseStateToken(ident=token, cls=watch.state)) as root:
+                state = await root.get_state(watch.state)
+                fresh = [e for e in events if e["seq"] > state.live_seq]
+                if not fresh:
+                    return
+                if watch.prefetch is not None:
+                    follow_up = await state.apply_live(fresh, prefetched=prefetched)
+                else:
                     follow_up = await state.apply_live(fresh)
-                    state.live_seq = fresh[-1]["seq"]
-                if follow_up:
-                    await self._emit_events(token, follow_up)
-            except Exception:
-                log.exception("live update to %s failed", token)
+                state.live_seq = fresh[-1]["seq"]
+            if follow_up:
+                await self._emit_events(token, follow_up)
+        except Exception:
+            log.exception("live update to %s failed", token)
 
     async def _emit_events(self, token: str, specs: Iterable[Any]) -> None:
         from reflex.state import StateUpdate
@@ -206,19 +294,23 @@ class Bridge:
         events = Event.from_event_type(list(specs))
         await self.app.event_namespace.emit_update(StateUpdate(events=events), token)
 
+    def _connected_tokens(self) -> Any:
+        if self.app is None or self.app.event_namespace is None:
+            return {}
+        return self.app.event_namespace.token_to_sid
+
     def _forget_disconnected(self) -> None:
         """Drop the watches of clients gone for a while (a reload reconnects with the same token, and its
         old socket's disconnect may be handled after the new one's connect)."""
-        if self.app is None or self.app.event_namespace is None:
-            return
-        connected = self.app.event_namespace.token_to_sid
+        connected = self._connected_tokens()
         now = time.monotonic()
         for token in list(self.watches):
             if token in connected:
                 self._seen[token] = now
             elif now - self._seen.setdefault(token, now) > FORGET_AFTER_SECONDS:
-                self.watches.pop(token, None)
-                self._token_locks.pop(token, None)
+                for state_cls in self.watches.pop(token, {}):
+                    self._queued.pop((token, state_cls), None)
+                    self._catch_up_from.pop((token, state_cls), None)
                 self._seen.pop(token, None)
 
 

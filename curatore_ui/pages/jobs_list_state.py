@@ -21,7 +21,8 @@ from backend import list_sort
 from backend.db.types import utcnow
 from backend.runs import listing
 from backend.db.states import RunOrigin, RunStatus
-from curatore_ui.live import Watch, bridge, current_seq
+from backend.config import get_settings
+from curatore_ui.live import SharedReads, Watch, bridge, current_seq
 from curatore_ui.state.session import SessionState, principal_or_redirect
 from curatore_ui.state.permissions import may
 from curatore_ui.state.toasts import follow_my_runs
@@ -145,30 +146,70 @@ def visible_org_id(org_slug: str, principal: Any) -> uuid.UUID:
     return org_id
 
 
-def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bool, principal: Any) -> dict[str, Any]:
+def _org_id_for(org_slug: str, principal: Any) -> uuid.UUID | None:
+    """The list's organization (None: all of them), if the principal may see it."""
     if org_slug:
-        org_id = visible_org_id(org_slug, principal)
-    elif principal.is_system_admin:
-        org_id = None
-    else:
-        raise Forbidden("Only system admins see every organization's jobs.")
+        return visible_org_id(org_slug, principal)
+    if principal.is_system_admin:
+        return None
+    raise Forbidden("Only system admins see every organization's jobs.")
+
+
+def _scope_read(org_id: uuid.UUID | None, filters: dict[str, str], cursor: str | None) -> dict[str, Any]:
+    """What a list scope shows whoever looks: one page of runs, the type counts and the status cards. Shared
+    by every client watching the same scope (``SharedReads``); no principal goes in."""
     q = build_query(org_id, filters)
-    pg = _page(q, filters, cursor)
+    return {"page": _page(q, filters, cursor), "counts": listing.type_counts(q),
+            "cards": listing.status_cards(org_id), "org_id": org_id, "filters": dict(filters), "cursor": cursor or ""}
+
+
+def _shape(scope: dict[str, Any], org_slug: str, scoped: bool, principal: Any,
+           default_org_id: uuid.UUID | None) -> dict[str, Any]:
+    """A scope's data as one principal sees it: its row actions and buttons (no database work)."""
+    pg, org_id = scope["page"], scope["org_id"]
     rows = [
         run_row(r, org_slug=pg.org_slugs.get(r.organization_id, ""), children=pg.child_counts.get(r.id),
                 queue_position=pg.queue_positions.get(r.id, 0), eta_seconds=pg.etas.get(r.id),
                 scoped_slug=org_slug if scoped else None, principal=principal)
         for r in pg.runs
     ]
-    counts = listing.type_counts(q)
+    counts = scope["counts"]
     registry = get_registry()
     tabs = [TypeTab("all", "All", sum(counts.values()), "layers", "gray")] + [
         TypeTab(t.key, t.label, counts.get(t.key, 0), t.icon, t.color) for t in registry.types.values()
     ]
-    return {"rows": rows, "next": pg.next_cursor or "", "tabs": tabs, "cards": listing.status_cards(org_id),
+    return {"rows": rows, "next": pg.next_cursor or "", "tabs": tabs, "cards": scope["cards"],
             "org_id": str(org_id) if org_id else "",
             "can_act": may(principal, "cancel", org_id) or may(principal, "retry", org_id),
-            "can_submit": may(principal, "submit", org_id or _default_org_id())}
+            "can_submit": may(principal, "submit", org_id or default_org_id)}
+
+
+def _read(org_slug: str, filters: dict[str, str], cursor: str | None, scoped: bool, principal: Any) -> dict[str, Any]:
+    scope = _scope_read(_org_id_for(org_slug, principal), filters, cursor)
+    return _shape(scope, org_slug, scoped, principal, _default_org_id())
+
+
+def _scope_key(org_id: uuid.UUID | None, filters: dict[str, str], cursor: str) -> tuple[Any, ...]:
+    return (org_id, tuple(sorted(filters.items())), cursor)
+
+
+shared_lists = SharedReads(lambda: get_settings().live_list_seconds)
+
+
+def _prefetch_for(org_id: uuid.UUID | None, filters: dict[str, str], cursor: str) -> Any:
+    """A list watch's prefetch: after a ``created`` or ``status`` event, the scope's shared read."""
+    key = _scope_key(org_id, filters, cursor)
+
+    async def prefetch(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if not any(e["kind"] in ("created", "status") for e in events):
+            return None
+        try:
+            return await shared_lists.get(key, events[-1]["seq"], lambda: _scope_read(org_id, filters, cursor or None),
+                                          lambda: bridge.cursor)
+        except Exception:  # the state re-reads on its own, and reports what went wrong
+            return None
+
+    return prefetch
 
 
 def _default_org_id() -> uuid.UUID | None:
@@ -193,6 +234,8 @@ class JobsListState(rx.State):
     selected: list[str] = []
     can_act: bool = False  # the role may cancel or retry here: row checkboxes, bulk and row actions
     can_submit: bool = False  # the role may start runs here: "Start sample jobs"
+    _default_org: uuid.UUID | None = None
+    _watched: tuple[Any, ...] = ()  # the view the client's watch follows: (slug, filters, cursor)
     notice: str = ""
     error: str = ""
 
@@ -216,7 +259,9 @@ class JobsListState(rx.State):
         principal = principal or await self._principal()
         if principal is None:
             return
-        seq = await asyncio.to_thread(current_seq)
+        view = (self.org_slug, tuple(sorted(self.filters.items())), self.cursor)
+        watch = watch or view != self._watched  # a new filter or page is a new shared scope to follow
+        seq = await asyncio.to_thread(current_seq) if watch else 0
         try:
             data = await asyncio.to_thread(_read, self.org_slug, dict(self.filters), self.cursor or None,
                                            bool(self.org_slug), principal)
@@ -229,18 +274,31 @@ class JobsListState(rx.State):
             self.error = exc.message
             self.rows, self.tabs, self.cards, self.can_act, self.can_submit = [], [], {}, False, False
             return
+        self._show(data)
+        if watch:
+            self.live_seq, self._watched = seq, (self.org_slug, tuple(sorted(self.filters.items())), self.cursor)
+            org_id = uuid.UUID(data["org_id"]) if data["org_id"] else None
+            scope = Watch(JobsListState, organization_id=data["org_id"] or None, all_organizations=not data["org_id"],
+                          since_seq=seq, visible_orgs=bridge.scope(principal),
+                          prefetch=_prefetch_for(org_id, dict(self.filters), self.cursor))
+            bridge.watch(self.router.session.client_token, scope)
+
+    def _show(self, data: dict[str, Any]) -> None:
         self.error = ""
         self.rows, self.tabs, self.cards, self.next_cursor = data["rows"], data["tabs"], data["cards"], data["next"]
         self.can_act, self.can_submit = data["can_act"], data["can_submit"]
-        if watch:
-            self.live_seq = seq
-            scope = Watch(JobsListState, organization_id=data["org_id"] or None,
-                          all_organizations=not data["org_id"], since_seq=seq, visible_orgs=bridge.scope(principal))
-            bridge.watch(self.router.session.client_token, scope)
 
-    async def apply_live(self, events: list[dict[str, Any]]) -> list[Any] | None:
+    async def apply_live(self, events: list[dict[str, Any]], prefetched: dict[str, Any] | None = None
+                         ) -> list[Any] | None:
         if any(e["kind"] in ("created", "status") for e in events):
-            await self._refresh()
+            principal = await self._principal()
+            if (prefetched is not None and principal is not None and prefetched["filters"] == self.filters
+                    and prefetched["cursor"] == self.cursor):
+                if self._default_org is None:
+                    self._default_org = await asyncio.to_thread(_default_org_id)
+                self._show(_shape(prefetched, self.org_slug, bool(self.org_slug), principal, self._default_org))
+            else:
+                await self._refresh()
             return None
         by_id = {row.id: i for i, row in enumerate(self.rows)}
         for event in events:
