@@ -234,7 +234,7 @@ class JobsListState(rx.State):
     selected: list[str] = []
     can_act: bool = False  # the role may cancel or retry here: row checkboxes, bulk and row actions
     can_submit: bool = False  # the role may start runs here: "Start sample jobs"
-    _default_org: uuid.UUID | None = None
+    _default_org: tuple[uuid.UUID | None, ...] = ()  # (the default organization's id or None), once read
     _watched: tuple[Any, ...] = ()  # the view the client's watch follows: (slug, filters, cursor)
     notice: str = ""
     error: str = ""
@@ -294,9 +294,9 @@ class JobsListState(rx.State):
             principal = await self._principal()
             if (prefetched is not None and principal is not None and prefetched["filters"] == self.filters
                     and prefetched["cursor"] == self.cursor):
-                if self._default_org is None:
-                    self._default_org = await asyncio.to_thread(_default_org_id)
-                self._show(_shape(prefetched, self.org_slug, bool(self.org_slug), principal, self._default_org))
+                if not self._default_org:
+                    self._default_org = (await asyncio.to_thread(_default_org_id),)
+                self._show(_shape(prefetched, self.org_slug, bool(self.org_slug), principal, self._default_org[0]))
             else:
                 await self._refresh()
             return None

@@ -59,6 +59,7 @@ def creators(run_ids: list[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------- one toast per person and run
 _LOCAL_CLAIMS: dict[str, float] = {}
+_creators_lock = asyncio.Lock()
 _redis = None
 
 
@@ -109,7 +110,8 @@ class ToastState(rx.State):
         ended = [e for e in events if e["kind"] == "status" and e["payload"].get("status") in ENDED]
         if not ended or not self._person or not bridge.connected(self.router.session.client_token):
             return None  # a closed tab claims nothing: an open one shows the toast
-        by = await asyncio.to_thread(creators, [e["run_id"] for e in ended])
+        async with _creators_lock:  # every tab asks at once: the first reads, the others find it cached
+            by = await asyncio.to_thread(creators, [e["run_id"] for e in ended])
         out = []
         for event in ended:
             rid = event["run_id"]

@@ -31,3 +31,21 @@ def test_the_throughput_bench_runs_on_both_backends(tmp_path: Path) -> None:
     for r in results.values():
         assert r["engine"]["rate"] > 0 and r["bare"]["rate"] > 0
         assert r["statements"]["submit_transactions"] == 1  # create and dispatch in one transaction
+
+
+def test_the_fanout_bench_runs_and_no_watcher_misses_an_update(tmp_path: Path) -> None:
+    """Three protocol clients on the live jobs list while runs finish: each sees every run complete."""
+    require(_pg_reachable())
+    require(_redis_reachable())
+    out = tmp_path / "fanout.json"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CURATORE_BENCH_PG_ADMIN_URL": PG_ADMIN_URL,
+           "CURATORE_BENCH_REDIS_URL": REDIS_URL.rsplit("/", 1)[0] + "/10", "HOME": str(Path.home())}
+    result = subprocess.run([sys.executable, "-m", "bench.fanout", "--runs", "500", "--clients", "1,3",
+                             "--seconds", "3", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "live jobs list" in result.stdout
+    for r in json.loads(out.read_text()):
+        assert r["completed"] > 0
+        assert r["missed"] == 0, r
+        assert r["seen"] == r["completed"] * r["k"]
