@@ -284,9 +284,12 @@ class JobsListState(rx.State):
             bridge.watch(self.router.session.client_token, scope)
 
     def _show(self, data: dict[str, Any]) -> None:
-        self.error = ""
-        self.rows, self.tabs, self.cards, self.next_cursor = data["rows"], data["tabs"], data["cards"], data["next"]
-        self.can_act, self.can_submit = data["can_act"], data["can_submit"]
+        """Assign only what changed: a var assigned is sent to the browser again, equal or not."""
+        for var, value in (("error", ""), ("rows", data["rows"]), ("tabs", data["tabs"]), ("cards", data["cards"]),
+                           ("next_cursor", data["next"]), ("can_act", data["can_act"]),
+                           ("can_submit", data["can_submit"])):
+            if getattr(self, var) != value:
+                setattr(self, var, value)
 
     async def apply_live(self, events: list[dict[str, Any]], prefetched: dict[str, Any] | None = None
                          ) -> list[Any] | None:
