@@ -23,7 +23,7 @@ from backend.db.migrate import upgrade
 from backend.db.models import ApiToken, User
 from backend.db.states import RunStatus
 from backend.db.types import utcnow
-from backend.devserver import run_dev
+from backend.devserver import run_dev, run_serve
 from backend.errors import CuratoreError, DatabaseUnavailable, NotFound
 from backend.jobtypes.registry import get_registry
 from backend.runs.queries import RunFilter, get_logs, get_run, list_runs, log_dict, run_dict
@@ -107,6 +107,20 @@ def migrate() -> None:
 def dev(port: int, backend_port: int, no_ui: bool, reload: bool, host: str) -> None:
     """Everything in one process group on this machine: web app, worker, scheduler. Ctrl-C stops all."""
     sys.exit(run_dev(port=port, backend_port=backend_port, ui=not no_ui, reload=reload, host=host))
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the web app (UI, websocket and API).")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--workers", default=None, type=int,
+              help="Backend processes on this machine (default: 2 per CPU + 1 with Redis, 1 without).")
+@click.option("--backend-only", is_flag=True, help="Serve the websocket and API only (a proxy serves the build).")
+def serve(port: int, host: str, workers: int | None, backend_only: bool) -> None:
+    """Run the web app for production: several backend processes share clients through Redis (docs/deploy.md)."""
+    try:
+        run_serve(port, host, workers, backend_only)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()

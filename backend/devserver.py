@@ -149,3 +149,41 @@ def _signal_group(child: Child, sig: int) -> None:
         os.killpg(child.proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+# --------------------------------------------------------------------------- curatore serve (production web)
+
+
+def serve_command(port: int, host: str, workers: int | None, backend_only: bool) -> tuple[list[str], dict[str, str]]:
+    """The Reflex production server ``curatore serve`` runs, and its environment.
+
+    One port serves the built frontend, the websocket and the API (``--backend-only``: the websocket and the
+    API, for a proxy that serves the frontend build itself). With ``CURATORE_REDIS_URL`` set, Reflex keeps client
+    state and socket ownership in that Redis (``REFLEX_REDIS_URL``, unless set otherwise), so several backend
+    processes, on this machine (``--workers``) or others, serve the same clients; each process's live bridge
+    pushes only to the sockets it holds. Without Redis there is one backend process."""
+    settings = get_settings()
+    env = reflex_env()
+    if settings.redis_url:
+        env.setdefault("REFLEX_REDIS_URL", settings.redis_url)
+    if workers is not None:
+        if workers < 1:
+            raise ValueError("--workers must be at least 1.")
+        if workers > 1 and not env.get("REFLEX_REDIS_URL"):
+            raise ValueError("Several backend processes share client state through Redis: set CURATORE_REDIS_URL "
+                             "(or REFLEX_REDIS_URL), or use --workers 1.")
+        env["GRANIAN_WORKERS"] = str(workers)
+    argv = [sys.executable, "-m", "reflex", "run", "--env", "prod", "--backend-host", host, "--loglevel", "info"]
+    if backend_only:
+        argv += ["--backend-only", "--backend-port", str(port)]
+    else:
+        argv += ["--single-port", "--frontend-port", str(port), "--backend-port", str(port)]
+    return argv, env
+
+
+def run_serve(port: int, host: str, workers: int | None, backend_only: bool) -> None:
+    """Replace this process with the Reflex production server (signals reach it directly)."""
+    argv, env = serve_command(port, host, workers, backend_only)
+    get_settings().ensure_dirs()
+    os.chdir(PROJECT_ROOT)
+    os.execve(argv[0], argv, env)

@@ -165,10 +165,8 @@ class Bridge:
         return None if orgs is None else frozenset(str(o) for o in orgs)
 
     def connected(self, token: str) -> bool:
-        """Whether the client is connected now (a closed tab's watches live on for a while)."""
-        if self.app is None or self.app.event_namespace is None:
-            return False
-        return token in self.app.event_namespace.token_to_sid
+        """Whether the client is connected to this process now (a closed tab's watches live on for a while)."""
+        return token in self._connected_tokens()
 
     def wake(self) -> None:
         """Make the listener look at the outbox now (safe from any thread)."""
@@ -294,10 +292,16 @@ class Bridge:
         events = Event.from_event_type(list(specs))
         await self.app.event_namespace.emit_update(StateUpdate(events=events), token)
 
-    def _connected_tokens(self) -> Any:
+    def _connected_tokens(self) -> set[str]:
+        """The clients whose sockets this process holds. With several backend processes (Reflex's Redis token
+        manager), the token table also caches other processes' sockets: those are theirs to push to."""
         if self.app is None or self.app.event_namespace is None:
-            return {}
-        return self.app.event_namespace.token_to_sid
+            return set()
+        manager = getattr(self.app.event_namespace, "_token_manager", None)
+        records = getattr(manager, "token_to_socket", None)
+        if records is None:
+            return set(self.app.event_namespace.token_to_sid)
+        return {token for token, record in list(records.items()) if record.instance_id == manager.instance_id}
 
     def _forget_disconnected(self) -> None:
         """Drop the watches of clients gone for a while (a reload reconnects with the same token, and its

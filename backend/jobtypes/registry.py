@@ -418,8 +418,6 @@ def _build(registry: Registry) -> None:
     for job_type in builtin_types():
         registry.register(job_type)
     settings = get_settings()
-    if settings.registry_overrides:
-        registry.apply_overrides(_read_overrides(settings.registry_overrides))
     for module in settings.job_modules:
         try:
             imported = importlib.import_module(module)
@@ -427,6 +425,8 @@ def _build(registry: Registry) -> None:
             raise CuratoreError(f"CURATORE_JOB_MODULES names {module!r}, which cannot be imported: {exc}") from exc
         for job_type in getattr(imported, "JOB_TYPES", ()):  # the module lists its types (read on every build)
             registry.register(job_type)
+    if settings.registry_overrides:  # after the job modules: their types' limits can be overridden too
+        registry.apply_overrides(_read_overrides(settings.registry_overrides))
 
 
 def _read_overrides(path: Any) -> dict[str, Any]:
