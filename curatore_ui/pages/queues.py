@@ -429,8 +429,8 @@ def _registry() -> rx.Component:
                     " (CURATORE_REGISTRY_OVERRIDES):", size="2"),
             rx.foreach(QueuesState.overrides, lambda o: rx.hstack(
                 rx.badge("override", color_scheme="amber", size="1"),
-                rx.text(o.what, " ", rx.code(o.name, size="1"), ": ", o.field, " ", o.builtin, " → ",
-                        rx.text.strong(o.value), " (built-in ", o.builtin, ")", size="2"),
+                rx.text(o.what, " ", rx.code(o.name, size="1"), ": ", o.field, " ", rx.text.strong(o.value),
+                        " (built-in ", o.builtin, ")", size="2"),
                 align="center", data_testid="override-row")),
             spacing="1"),
         rx.text("No overrides: every limit below is built in. A JSON file named by CURATORE_REGISTRY_OVERRIDES "
@@ -514,14 +514,13 @@ def _schedules() -> rx.Component:
 
 def _denied() -> rx.Component:
     """A person who may not administer queues: why, and where their own waiting runs are."""
-    return rx.callout(
-        rx.vstack(
-            rx.text(DENIED, size="2"),
-            rx.foreach(SessionState.orgs, lambda o: rx.link(
-                o["name"], ": waiting runs", href="/orgs/" + o["slug"] + "/jobs?status=pending", size="2",
-                data_testid="own-queue-link")),
-            spacing="2"),
-        icon="lock", color_scheme="gray", data_testid="queues-denied",
+    return rx.callout.root(
+        rx.callout.icon(rx.icon("lock")),
+        rx.callout.text(DENIED),
+        rx.flex(rx.foreach(SessionState.orgs, lambda o: rx.link(
+            o["name"], ": waiting runs", href="/orgs/" + o["slug"] + "/jobs?status=pending", size="2",
+            data_testid="own-queue-link")), gap="3", wrap="wrap"),
+        color_scheme="gray", data_testid="queues-denied",
     )
 
 
