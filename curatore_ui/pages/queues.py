@@ -17,7 +17,7 @@ from backend.errors import CuratoreError
 from backend.jobtypes.registry import Registry, RetryPolicy, get_registry
 from backend.queues import stats, workers
 from curatore_ui.components.layout import layout
-from curatore_ui.components.run_table import run_table
+from curatore_ui.components.run_table import WIDE_ONLY, run_table
 from curatore_ui.components.status_badge import status_badge
 from curatore_ui.live import Watch, bridge, current_seq
 from curatore_ui.state.permissions import may_administer_queues
@@ -120,10 +120,17 @@ def override_rows(registry: Registry) -> list[OverrideRow]:
 
 
 def retry_text(policy: RetryPolicy) -> str:
+    """"3 attempts, 1 min then ×2 (max 10 min)": attempts count the first one; then the backoff."""
     if policy.max_attempts <= 1:
-        return "no automatic retry"
-    return (f"{policy.max_attempts} attempts, backoff {duration_text(policy.backoff_seconds)} "
-            f"×{policy.backoff_factor:g} (at most {duration_text(policy.max_backoff_seconds)})")
+        return "none"
+    return (f"{policy.max_attempts} attempts, {duration_text(policy.backoff_seconds)} then "
+            f"×{policy.backoff_factor:g} (max {duration_text(policy.max_backoff_seconds)})")
+
+
+def chart_hours(hours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Hours as the charts draw them: no duration (a gap in the line, not a zero) where nothing finished."""
+    return [h if h["completed"] or h["failed"] or h["mean_s"] else {**h, "mean_s": None, "p95_s": None}
+            for h in hours]
 
 
 def type_rows(registry: Registry) -> list[TypeRow]:
@@ -153,7 +160,7 @@ def queue_rows(depths: list[dict[str, Any]], history: dict[str, list[dict[str, A
                    + (f"; p95 up to {duration_text(slowest)}" if slowest else ""))
         before = changed.get(q["name"], {}).get("max_concurrency")
         rows.append(QueueRow(**q, load=min(100, int(100 * q["running"] / q["limit"])) if q["limit"] else 0,
-                             limit_builtin=str(before[0]) if before else "", history=hours,
+                             limit_builtin=str(before[0]) if before else "", history=chart_hours(hours),
                              finished=completed + failed, summary=summary))
     return rows
 
@@ -316,8 +323,10 @@ def _throughput_chart(q: rx.Var[QueueRow]) -> rx.Component:
         rx.text("Finished per hour", size="1", color_scheme="gray"),
         rx.recharts.bar_chart(
             rx.recharts.cartesian_grid(stroke_dasharray="3 3", vertical=False),
-            rx.recharts.bar(data_key="completed", fill="var(--green-9)", stack_id="a", name="completed"),
-            rx.recharts.bar(data_key="failed", fill="var(--red-9)", stack_id="a", name="failed"),
+            rx.recharts.bar(data_key="completed", fill="var(--green-9)", stack_id="a", name="completed",
+                            is_animation_active=False),
+            rx.recharts.bar(data_key="failed", fill="var(--red-9)", stack_id="a", name="failed",
+                            is_animation_active=False),
             rx.recharts.x_axis(data_key="hour", tick=AXIS_TICK, interval="preserveStartEnd"),
             rx.recharts.y_axis(allow_decimals=False, tick=AXIS_TICK),
             rx.recharts.graphing_tooltip(),
@@ -332,8 +341,10 @@ def _duration_chart(q: rx.Var[QueueRow]) -> rx.Component:
         rx.text("Duration per hour (s): mean, p95", size="1", color_scheme="gray"),
         rx.recharts.line_chart(
             rx.recharts.cartesian_grid(stroke_dasharray="3 3", vertical=False),
-            rx.recharts.line(data_key="mean_s", stroke="var(--indigo-9)", name="mean (s)", dot=False),
-            rx.recharts.line(data_key="p95_s", stroke="var(--orange-9)", name="p95 (s)", dot=False),
+            rx.recharts.line(data_key="mean_s", stroke="var(--indigo-9)", name="mean (s)", dot={"r": 2},
+                             is_animation_active=False),
+            rx.recharts.line(data_key="p95_s", stroke="var(--orange-9)", name="p95 (s)", dot={"r": 2},
+                             is_animation_active=False),
             rx.recharts.x_axis(data_key="hour", tick=AXIS_TICK, interval="preserveStartEnd"),
             rx.recharts.y_axis(tick=AXIS_TICK),
             rx.recharts.graphing_tooltip(),
@@ -373,7 +384,7 @@ def _queue_card(q: rx.Var[QueueRow]) -> rx.Component:
 
 def _queues() -> rx.Component:
     return rx.grid(rx.foreach(QueuesState.queues, _queue_card),
-                   columns=rx.breakpoints(initial="1", md="2", lg="3"), spacing="4", width="100%")
+                   columns=rx.breakpoints(initial="1", sm="2", lg="3"), spacing="4", width="100%")
 
 
 def _workers() -> rx.Component:
@@ -387,7 +398,7 @@ def _workers() -> rx.Component:
                 rx.table.body(rx.foreach(QueuesState.workers, lambda w: rx.table.row(
                     rx.table.cell(rx.hstack(rx.box(width="8px", height="8px", border_radius="50%",
                                                    background="var(--green-9)", flex_shrink="0"),
-                                            rx.text(w.hostname, word_break="break-all"), align="center")),
+                                            rx.text(w.hostname, white_space="nowrap"), align="center")),
                     rx.table.cell(rx.text(w.queues, size="1")), rx.table.cell(w.concurrency),
                     rx.table.cell(w.active_runs), rx.table.cell(w.last_seen), rx.table.cell(w.started),
                     data_testid="worker-row"))),
@@ -480,21 +491,21 @@ def _schedules() -> rx.Component:
         return rx.table.row(
             rx.table.cell(rx.vstack(rx.text(t.name, weight="medium", size="2"),
                                     rx.text(t.description, size="1", color_scheme="gray"), spacing="0")),
-            rx.table.cell(rx.code(t.run_type, size="1")),
+            rx.table.cell(rx.code(t.run_type, size="1"), display=WIDE_ONLY),
             rx.table.cell(rx.text(t.every, size="1", white_space="nowrap")),
             rx.table.cell(rx.cond(t.last_run_href != "",
                                   rx.link(status_badge(t.last_status, size="1"), " ", t.last_run, href=t.last_run_href,
                                           size="1"),
                                   rx.text(t.last_run, size="1", color_scheme="gray"))),
             rx.table.cell(rx.text(t.next_run, size="1")),
-            rx.table.cell(rx.hstack(
+            rx.table.cell(rx.flex(
                 rx.switch(checked=t.enabled, on_change=lambda v: QueuesState.toggle_schedule(t.name, v), size="1",
                           data_testid="schedule-enabled"),
                 rx.button("Run now", size="1", variant="soft", on_click=QueuesState.trigger_schedule(t.name),
                           data_testid="schedule-trigger"),
                 rx.button("History", size="1", variant=rx.cond(QueuesState.history_name == t.name, "solid", "outline"),
                           on_click=QueuesState.show_history(t.name), data_testid="schedule-history-open"),
-                align="center")),
+                align="center", gap="2", wrap="wrap")),
             data_testid="schedule-row", data_name=t.name,
         )
 
@@ -502,8 +513,8 @@ def _schedules() -> rx.Component:
         rx.heading("Scheduled tasks", size="3"),
         rx.cond(QueuesState.notice != "", rx.text(QueuesState.notice, size="1", color_scheme="red")),
         rx.box(rx.table.root(
-            rx.table.header(rx.table.row(*[rx.table.column_header_cell(h) for h in
-                                           ("Task", "Runs", "Cadence", "Last run", "Next run", "")])),
+            rx.table.header(rx.table.row(*[rx.table.column_header_cell(h, display=WIDE_ONLY if h == "Runs" else None)
+                                           for h in ("Task", "Runs", "Cadence", "Last run", "Next run", "")])),
             rx.table.body(rx.foreach(QueuesState.schedules, row)),
             width="100%", size="1",
         ), width="100%", overflow_x="auto"),

@@ -52,7 +52,7 @@ def test_each_queue_has_its_own_charts_filled_live_by_finished_runs(app, app_bac
     expect(default.locator("[data-testid=queue-summary]")).to_contain_text("completed")
     # the default queue's bar chart draws its completed runs (recharts draws no rectangle for a zero) ...
     expect(default.locator("[data-testid=throughput-chart] .recharts-bar-rectangle path").first).to_be_visible()
-    expect(default.locator("[data-testid=duration-chart] .recharts-line-curve").first).to_be_attached()
+    expect(default.locator("[data-testid=duration-chart] .recharts-line-dot").first).to_be_visible()
     # ... and another queue's chart is its own: these runs are not in it
     after = {q: _finished(page, q) for q in get_registry().queues}
     assert {q: n for q, n in after.items() if q != "default"} == {q: n for q, n in before.items() if q != "default"}
@@ -60,6 +60,7 @@ def test_each_queue_has_its_own_charts_filled_live_by_finished_runs(app, app_bac
     for q in quiet:
         card = page.locator(f'[data-testid=queue-card][data-queue="{q}"]')
         expect(card.locator("[data-testid=throughput-chart] .recharts-bar-rectangle path")).to_have_count(0)
+        expect(card.locator("[data-testid=duration-chart] .recharts-line-dot")).to_have_count(0)  # no zeros drawn
         expect(card.locator("[data-testid=queue-summary]")).to_contain_text("0 completed, 0 failed")
 
 
@@ -84,7 +85,7 @@ def test_the_registry_lists_every_type_and_the_overrides_applied(app, page):  # 
     expect(deletion).to_contain_text("10 min")
     extraction_type = registry.locator('[data-testid=registry-row][data-key="extraction"]')
     expect(extraction_type).to_contain_text("queue's (1)")  # the type shares its (overridden) queue's limit
-    expect(extraction_type).to_contain_text("2 attempts, backoff 10 s ×2")
+    expect(extraction_type).to_contain_text("2 attempts, 10 s then ×2 (max 10 min)")
     expect(extraction_type.locator("[data-testid=type-override]")).to_have_count(0)
     expect(registry.locator('[data-testid=registry-row][data-key="test_steps"]')).to_contain_text(
         "from tests.jobs_for_tests")

@@ -298,6 +298,7 @@ def test_roles_viewer_reads_member_acts_admin_kills_and_everything_is_audited(ap
     error_of(api.post("a_admin", "/schedules/a-hourly/trigger"), 409, "not_capable")  # its run is still queued
     history = api.ok("a_viewer", "GET", "/schedules/a-hourly/history")["items"]
     assert [r["id"] for r in history] == [started["id"]]
+    assert api.ok("a_viewer", "GET", "/schedules/a-hourly/history?limit=1")["next_cursor"] is None  # one page
     listed = api.ok("a_viewer", "GET", "/schedules")["items"]
     assert listed[0]["last_run_id"] == started["id"] and listed[0]["organization"] == "acme"
     assert [e["action"] for e in api.ok("a_viewer", "GET", f"/runs/{started['id']}/audit")["items"]] == \
