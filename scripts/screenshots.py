@@ -94,6 +94,7 @@ def main() -> None:
             page.wait_for_selector("[data-testid=schedule-history] [data-testid=run-row][data-status=completed]",
                                    timeout=120_000)
             page.evaluate("window.scrollTo(0, 0)")  # the sidebar is sticky: drawn where the page is scrolled to
+            page.mouse.move(0, 0)  # no chart tooltip under the pointer
             time.sleep(1)
             page.screenshot(path=str(OUT / "queues.png"), full_page=True)
             page.goto(f"{ui.url}/orgs/demo/syncs/contracts-drive")

@@ -421,11 +421,11 @@ def _registry() -> rx.Component:
                           rx.cond(t.source != "", rx.text("from ", t.source, size="1", color_scheme="gray")),
                           spacing="2", wrap="wrap"),
                 spacing="1")),
-            rx.table.cell(rx.code(t.queue, size="1")),
-            rx.table.cell(rx.text(t.limit, size="1")),
+            rx.table.cell(rx.vstack(rx.code(t.queue, size="1"), rx.text(t.limit, size="1", data_testid="type-limit"),
+                                    spacing="1")),
             rx.table.cell(rx.text(t.timeout, size="1", white_space="nowrap")),
             rx.table.cell(rx.text(t.retries, size="1")),
-            rx.table.cell(rx.text(t.submit, size="1")),
+            rx.table.cell(rx.text(t.submit, size="1"), display=WIDE_ONLY),
             rx.table.cell(rx.cond(t.overrides != "",
                                   rx.badge(t.overrides, color_scheme="amber", size="1", white_space="normal",
                                            data_testid="type-override"),
@@ -453,8 +453,9 @@ def _registry() -> rx.Component:
             rx.heading("Job types", size="3"),
             overrides,
             rx.box(rx.table.root(
-                rx.table.header(rx.table.row(*[rx.table.column_header_cell(h) for h in (
-                    "Type", "Queue", "Concurrency", "Timeout", "Automatic retries", "Who starts it", "Overrides")])),
+                rx.table.header(rx.table.row(*[
+                    rx.table.column_header_cell(h, display=WIDE_ONLY if h == "Who starts it" else None) for h in (
+                        "Type", "Queue, concurrency", "Timeout", "Automatic retries", "Who starts it", "Overrides")])),
                 rx.table.body(rx.foreach(QueuesState.types, type_row)),
                 width="100%", size="1",
             ), width="100%", overflow_x="auto"),
@@ -505,7 +506,7 @@ def _schedules() -> rx.Component:
                           data_testid="schedule-trigger"),
                 rx.button("History", size="1", variant=rx.cond(QueuesState.history_name == t.name, "solid", "outline"),
                           on_click=QueuesState.show_history(t.name), data_testid="schedule-history-open"),
-                align="center", gap="2", wrap="wrap")),
+                align="center", gap="2", wrap="wrap"), min_width="14rem"),
             data_testid="schedule-row", data_name=t.name,
         )
 
