@@ -540,8 +540,12 @@ def page() -> rx.Component:
     return layout(
         "Queues",
         rx.cond(
-            QueuesState.denied,
-            _denied(),
-            rx.vstack(_queues(), _workers(), _registry(), _schedules(), spacing="4", width="100%"),
+            ~QueuesState.loaded,
+            rx.spinner(size="3"),  # neither "no worker" nor empty charts before the page knows who is asking
+            rx.cond(
+                QueuesState.denied,
+                _denied(),
+                rx.vstack(_queues(), _workers(), _registry(), _schedules(), spacing="4", width="100%"),
+            ),
         ),
     )
