@@ -10,7 +10,7 @@
 - a task whose previous run is still active is not started (it stays due and starts at the first
   tick after that run has ended).
 
-A task's history is the runs it created (:func:`history`, by ``created_by``).
+A task's history is the runs it created (:func:`history`, by ``created_by``; :func:`history_page` pages them).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from backend.db.types import utcnow
 from backend.errors import CuratoreError, NotCapable, NotFound
 from backend.jobtypes.registry import get_registry
 from backend.queues.dispatch import dispatch_after_commit
-from backend.runs import service
+from backend.runs import listing, service
 
 log = logging.getLogger(__name__)
 CREATED_BY_PREFIX = "schedule:"
@@ -240,6 +240,13 @@ def history(name: str, limit: int = 20) -> list[Run]:
     query = (select(Run).where(Run.created_by == CREATED_BY_PREFIX + name)
              .order_by(Run.created_at.desc(), Run.id.desc()).limit(limit))
     return list(in_transaction(lambda s: s.execute(query).scalars().all()))
+
+
+def history_page(task: ScheduledTask, cursor: str | None = None, limit: int = 20) -> listing.Page:
+    """One page of the runs ``task`` started (in its organization), newest first, keyset-paged like the jobs
+    list: pass the page's ``next_cursor`` for the one after it (an invalid cursor raises ``InvalidCursor``)."""
+    query = listing.ListQuery(organization_id=task.organization_id, created_by=CREATED_BY_PREFIX + task.name)
+    return listing.page(query, cursor, limit)
 
 
 def _next_time(task: ScheduledTask, now: datetime) -> datetime:

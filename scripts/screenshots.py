@@ -33,13 +33,18 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="screens-"))
     gate = data_dir / "gate"
     gate.mkdir()
+    overrides = data_dir / "overrides.json"  # the queue page shows what an overrides file changes
+    overrides.write_text(json.dumps({"queues": {"extraction": {"max_concurrency": 3}},
+                                     "job_types": {"scrape": {"timeout_seconds": 900}}}))
     env = {"CURATORE_DATA_DIR": str(data_dir), "CURATORE_JOB_MODULES": '["tests.jobs_for_tests"]',
-           "PYTHONPATH": str(ROOT)}
+           "CURATORE_REGISTRY_OVERRIDES": str(overrides), "PYTHONPATH": str(ROOT)}
     os.environ.pop("CURATORE_REDIS_URL", None)
     cli(env, "migrate")
     cli(env, "orgs", "create", "demo", "--name", "Demo")
     cli(env, "users", "create", "admin@curatore.local", "--password", "screenshots", "--system-admin",
         "--org", "demo", "--role", "admin")
+    subprocess.run([sys.executable, "-c", "from backend import schedules; schedules.ensure_defaults()"], cwd=ROOT,
+                   env={**os.environ, **env}, check=True)  # the scheduler would make them; the queue page lists them
     worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "-c", "2", "-l", "warning"], cwd=ROOT,
                               env={**os.environ, **env}, start_new_session=True)
     ui = UIProcess(env, free_port(), data_dir / "ui.log")
@@ -83,6 +88,13 @@ def main() -> None:
             page.screenshot(path=str(OUT / "detail-running.png"), full_page=True)
             page.goto(f"{ui.url}/system/queues")
             page.wait_for_selector("[data-testid=worker-row]")
+            hourly = page.locator('[data-testid=schedule-row][data-name="maintenance-hourly"]')
+            hourly.locator("[data-testid=schedule-trigger]").click()  # a run in its history
+            hourly.locator("[data-testid=schedule-history-open]").click()
+            page.wait_for_selector("[data-testid=schedule-history] [data-testid=run-row][data-status=completed]",
+                                   timeout=120_000)
+            page.evaluate("window.scrollTo(0, 0)")  # the sidebar is sticky: drawn where the page is scrolled to
+            page.mouse.move(0, 0)  # no chart tooltip under the pointer
             time.sleep(1)
             page.screenshot(path=str(OUT / "queues.png"), full_page=True)
             page.goto(f"{ui.url}/orgs/demo/syncs/contracts-drive")
@@ -93,7 +105,8 @@ def main() -> None:
                 page.set_viewport_size({"width": width, "height": 900})
                 for name, path, ready in (("jobs", "/system/jobs", "[data-testid=run-row]"),
                                           ("detail", f"/system/jobs/{upload}", "[data-testid=run-id]"),
-                                          ("detail-running", f"/system/jobs/{running}", "[data-testid=run-id]")):
+                                          ("detail-running", f"/system/jobs/{running}", "[data-testid=run-id]"),
+                                          ("queues", "/system/queues", "[data-testid=worker-row]")):
                     page.goto(f"{ui.url}{path}")
                     page.wait_for_selector(ready)
                     time.sleep(1)

@@ -1,4 +1,4 @@
-"""Queue statistics: depth and limits, hourly throughput and durations, workers online.
+"""Queue statistics: depth and limits, hourly throughput and durations (all queues, and per queue), workers online.
 
 Counts cover the caller's organizations only (all of them for system admins); limits and workers are shared.
 """
@@ -25,5 +25,7 @@ def get_queues(
     return QueuesOut(
         queues=[QueueOut(**q) for q in stats.queue_depths(orgs)],
         history=[HourOut(**h) for h in stats.history(hours, organization_ids=orgs)],
+        history_by_queue={name: [HourOut(**h) for h in hours_of] for name, hours_of in
+                          stats.history_by_queue(hours, organization_ids=orgs).items()},
         workers=[WorkerOut(**w) for w in workers.online(orgs)],
     )

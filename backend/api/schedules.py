@@ -9,7 +9,8 @@ from fastapi import APIRouter, Path, Query
 
 from backend import actions, schedules
 from backend.api.deps import CurrentPrincipal
-from backend.api.schemas import RunList, RunOut, ScheduleList, ScheduleOut, error_responses
+from backend.api.runs import Cursor
+from backend.api.schemas import PageOut, RunOut, ScheduleList, ScheduleOut, error_responses
 from backend.db.models import ScheduledTask
 from backend.runs import listing, queries
 
@@ -51,13 +52,13 @@ def trigger(p: CurrentPrincipal, name: Name) -> RunOut:
     return RunOut.of(run, listing.annotate([run]))
 
 
-@router.get("/schedules/{name}/history", response_model=RunList, summary="The runs a scheduled task started")
+@router.get("/schedules/{name}/history", response_model=PageOut, summary="The runs a scheduled task started")
 def history(
     p: CurrentPrincipal,
     name: Name,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-) -> RunList:
+    cursor: Cursor = None,
+) -> PageOut:
+    """Newest first, keyset-paged like the runs list: pass `next_cursor` as `cursor` for the next page."""
     task = actions.visible_schedule(p, name)
-    runs = [r for r in schedules.history(task.name, limit) if r.organization_id == task.organization_id]
-    page = listing.annotate(runs)
-    return RunList(items=[RunOut.of(r, page) for r in runs])
+    return PageOut.of(schedules.history_page(task, cursor, limit))

@@ -278,7 +278,8 @@ class WorkerOut(BaseModel):
 
 class QueuesOut(BaseModel):
     queues: list[QueueOut]
-    history: list[HourOut]
+    history: list[HourOut] = Field(description="All queues together, per hour")
+    history_by_queue: dict[str, list[HourOut]] = Field(description="Each queue on its own, per hour")
     workers: list[WorkerOut]
 
 

@@ -67,6 +67,13 @@ class Principal:
         role = self.role_in(organization_id)
         return role is not None and RANK[role] >= RANK[NEEDS[action]]
 
+    def may_administer_queues(self) -> bool:
+        """Queue administration (``/system/queues``): every organization's queue depths, throughput and
+        durations, the workers, the job-type registry with its overrides and every schedule with its history.
+        It shows all tenants at once, so it is for system admins only; everyone else reads their own runs'
+        queue positions on their organization's jobs list."""
+        return self.is_system_admin
+
     def require(self, action: str, organization_id: uuid.UUID, what: str = "That run") -> None:
         """Raise NotFound outside the organization, Forbidden when the role is too low."""
         if self.role_in(organization_id) is None:

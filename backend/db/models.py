@@ -71,6 +71,7 @@ class Run(SQLModel, table=True):
         Index("ix_runs_status_queue", "status", "queue", "priority"),
         Index("ix_runs_resource", "resource_type", "resource_id"),
         Index("ix_runs_lease", "status", "lease_expires_at"),
+        Index("ix_runs_created_by", "created_by", "created_at", "id"),  # a schedule's history, keyset-paged
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)

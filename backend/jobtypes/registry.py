@@ -267,6 +267,10 @@ class Registry:
     types: dict[str, JobType] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # What the overrides changed: {"queues" | "job_types": {name: {field: (built-in value, value now)}}}
+    overridden: dict[str, dict[str, dict[str, tuple[Any, Any]]]] = field(default_factory=dict)
+    overrides_source: str = ""  # the file they came from (CURATORE_REGISTRY_OVERRIDES)
+    sources: dict[str, str] = field(default_factory=dict)  # type key -> the CURATORE_JOB_MODULES module adding it
 
     def add_queue(self, queue: QueueDef) -> None:
         self.queues[queue.name] = queue
@@ -347,18 +351,23 @@ class Registry:
             parsed = Overrides.model_validate(overrides)
         except ValidationError as exc:
             raise CuratoreError("Invalid registry overrides: " + _describe_errors(exc)) from None
+        changed: dict[str, dict[str, dict[str, tuple[Any, Any]]]] = {"queues": {}, "job_types": {}}
         for name, values in parsed.queues.items():
             if name not in self.queues:
                 raise CuratoreError(f"Registry overrides name unknown queue {name!r}; known: {sorted(self.queues)}.")
-            self.queues[name] = replace(self.queues[name], **values.model_dump(exclude_none=True))
+            fields = values.model_dump(exclude_none=True)
+            changed["queues"][name] = {f: (getattr(self.queues[name], f), v) for f, v in fields.items()}
+            self.queues[name] = replace(self.queues[name], **fields)
         for key, values in parsed.job_types.items():
             if key not in self.types:
                 raise CuratoreError(f"Registry overrides name unknown job type {key!r}; known: {sorted(self.types)}.")
             fields = values.model_dump(exclude_none=True)
             if "queue" in fields and fields["queue"] not in self.queues:
                 raise CuratoreError(f"Registry overrides move {key!r} to unknown queue {fields['queue']!r}.")
+            changed["job_types"][key] = {f: (getattr(self.types[key], f), v) for f, v in fields.items()}
             self.types[key] = replace(self.types[key], **fields)
         self.overrides = overrides
+        self.overridden = changed
 
     def celery_queues(self) -> list[str]:
         return sorted(self.queues)
@@ -425,8 +434,10 @@ def _build(registry: Registry) -> None:
             raise CuratoreError(f"CURATORE_JOB_MODULES names {module!r}, which cannot be imported: {exc}") from exc
         for job_type in getattr(imported, "JOB_TYPES", ()):  # the module lists its types (read on every build)
             registry.register(job_type)
+            registry.sources[job_type.key] = module
     if settings.registry_overrides:  # after the job modules: their types' limits can be overridden too
         registry.apply_overrides(_read_overrides(settings.registry_overrides))
+        registry.overrides_source = str(settings.registry_overrides)
 
 
 def _read_overrides(path: Any) -> dict[str, Any]:

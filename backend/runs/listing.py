@@ -42,6 +42,7 @@ class ListQuery:
     search: str = ""
     top_level_only: bool = False
     parent_run_id: uuid.UUID | None = None
+    created_by: str | None = None  # e.g. "schedule:<name>": the runs a scheduled task started
     sort: Literal["created", "priority"] = "created"
 
 
@@ -84,6 +85,8 @@ def _filtered(q: ListQuery, *, with_types: bool = True, with_statuses: bool = Tr
         stmt = stmt.where(Run.parent_run_id.is_(None))
     if q.parent_run_id:
         stmt = stmt.where(Run.parent_run_id == q.parent_run_id)
+    if q.created_by is not None:
+        stmt = stmt.where(Run.created_by == q.created_by)
     if q.search.strip():
         stmt = stmt.where(_search_clause(q.search.strip()))
     return stmt

@@ -49,10 +49,8 @@ def _sidebar() -> rx.Component:
         ),
         rx.separator(),
         rx.vstack(
-            rx.cond(SessionState.is_system_admin, rx.vstack(
-                _nav_link("All jobs", "/system/jobs", "layers"),
-                _nav_link("Queues", "/system/queues", "gauge"),
-                spacing="1", width="100%")),
+            rx.cond(SessionState.is_system_admin, _nav_link("All jobs", "/system/jobs", "layers")),
+            rx.cond(SessionState.may_administer_queues, _nav_link("Queues", "/system/queues", "gauge")),
             rx.foreach(SessionState.orgs, lambda o: _nav_link(o["name"], "/orgs/" + o["slug"] + "/jobs",
                                                               "building-2")),
             _account_links(),  # issue 15: members, audit, account

@@ -25,6 +25,11 @@ def may(principal: Any, action: str, organization_id: uuid.UUID | str | None) ->
     return principal.may(action, org)
 
 
+def may_administer_queues(principal: Any) -> bool:
+    """The queue page (and its sidebar link): ``Principal.may_administer_queues``."""
+    return principal is not None and principal.may_administer_queues()
+
+
 def submit_refusal(principal: Any, job_type: Any, organization_id: uuid.UUID) -> str:
     """"" if the principal may submit the type there, else why not."""
     if principal is None or job_type is None:

@@ -29,6 +29,7 @@ from reflex_base.event.processor.base_state_processor import _hydrate_event_name
 from backend.api.signin import LOGOUT_PATH, safe_next, session_secret
 from backend.auth import users
 from backend.auth.access import Principal
+from curatore_ui.state.permissions import may_administer_queues
 
 if TYPE_CHECKING:
     from reflex.app import App
@@ -58,6 +59,7 @@ def _look_up(cookie_header: str | None) -> tuple[str, Principal | None, list[dic
 class SessionState(rx.State):
     email: str = ""
     is_system_admin: bool = False
+    may_administer_queues: bool = False  # the Queues link (state/permissions.py decides)
     orgs: list[dict[str, str]] = []  # [{"slug", "name", "role"}]
     # The session row (its id, never its secret) the client's vars were filled for, and this event's principal.
     _session_id: str = ""
@@ -110,6 +112,8 @@ class SessionGuard(Middleware):
                 session.email = principal.name
             if session.is_system_admin != principal.is_system_admin:
                 session.is_system_admin = principal.is_system_admin
+            if session.may_administer_queues != may_administer_queues(principal):
+                session.may_administer_queues = may_administer_queues(principal)
             if session.orgs != orgs:
                 session.orgs = orgs
         return None

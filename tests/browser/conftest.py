@@ -35,7 +35,8 @@ def app_backend(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
     data_dir.mkdir()
     shutil.copy(_sqlite_template, data_dir / "curatore.db")
     overrides = data_dir / "overrides.json"  # children one at a time, so a child grid visibly counts up
-    overrides.write_text('{"queues": {"extraction": {"max_concurrency": 1}}}')
+    overrides.write_text('{"queues": {"extraction": {"max_concurrency": 1}}, '
+                         '"job_types": {"deletion": {"timeout_seconds": 600}}}')  # the queue page shows both
     graph_port = free_port()  # the default SharePoint connection: test_sync_page.py serves a drive there
     backend = Backend("sqlite", f"sqlite:///{data_dir / 'curatore.db'}",
                       f"curatore-sqla+sqlite:///{data_dir / 'broker.db'}", None, data_dir)

@@ -236,6 +236,9 @@ def test_a_token_of_one_organization_sees_nothing_of_another_on_any_endpoint(api
     assert default_pending("a_admin") == 0  # A's one pending run was cancelled just above
     assert default_pending("b_admin") == 6  # b_run, the parent, its child, three more
     assert default_pending("root") == 6
+    stats_of_a = api.ok("a_admin", "GET", "/queues?hours=3")
+    assert set(stats_of_a["history_by_queue"]) == {q["name"] for q in stats_of_a["queues"]}  # each queue on its own
+    assert all(len(hours) == 3 for hours in stats_of_a["history_by_queue"].values())
     assert [s["name"] for s in api.ok("a_admin", "GET", "/schedules")["items"]] == ["a-nightly"]
     assert {s["name"] for s in api.ok("root", "GET", "/schedules")["items"]} >= {"a-nightly", "b-nightly"}
     assert api.ok("a_viewer", "GET", "/registry") == api.ok("b_admin", "GET", "/registry")
@@ -298,6 +301,7 @@ def test_roles_viewer_reads_member_acts_admin_kills_and_everything_is_audited(ap
     error_of(api.post("a_admin", "/schedules/a-hourly/trigger"), 409, "not_capable")  # its run is still queued
     history = api.ok("a_viewer", "GET", "/schedules/a-hourly/history")["items"]
     assert [r["id"] for r in history] == [started["id"]]
+    assert api.ok("a_viewer", "GET", "/schedules/a-hourly/history?limit=1")["next_cursor"] is None  # one page
     listed = api.ok("a_viewer", "GET", "/schedules")["items"]
     assert listed[0]["last_run_id"] == started["id"] and listed[0]["organization"] == "acme"
     assert [e["action"] for e in api.ok("a_viewer", "GET", f"/runs/{started['id']}/audit")["items"]] == \

@@ -255,6 +255,26 @@ def test_overrides_change_queue_concurrency_and_timeouts(use_overrides):
     assert registry.overrides["queues"]["extraction"] == {"max_concurrency": 9}
 
 
+def test_the_registry_records_what_the_overrides_changed_and_where_they_came_from(use_overrides):
+    """The queue page shows each changed value beside its built-in one, and the file they came from."""
+    path = use_overrides({"queues": {"extraction": {"max_concurrency": 9}},
+                          "job_types": {"scrape": {"timeout_seconds": 900, "queue": "default"}}})
+    registry = get_registry()
+    assert registry.overridden == {"queues": {"extraction": {"max_concurrency": (4, 9)}},
+                                   "job_types": {"scrape": {"timeout_seconds": (1800, 900),
+                                                            "queue": ("scrape", "default")}}}
+    assert registry.overrides_source == str(path)
+    assert "extraction" not in registry.sources  # built in
+
+
+def test_without_an_overrides_file_nothing_is_recorded_as_overridden(monkeypatch):
+    monkeypatch.delenv("CURATORE_REGISTRY_OVERRIDES", raising=False)
+    reset_settings()
+    reset_registry()
+    registry = get_registry()
+    assert (registry.overridden, registry.overrides_source) == ({}, "")
+
+
 def test_without_overrides_the_builtin_limits_apply(use_overrides):
     use_overrides({"job_types": {"extraction": {"timeout_seconds": 42}}})
     assert get_registry().resolve("extraction").timeout_seconds == 42
