@@ -17,15 +17,16 @@ def DEL(n: int) -> tuple[str, dict[str, str]]:  # noqa: N802
     return "deletion", {"resource_type": "asset", "resource_id": f"a{n}"}
 
 
-def _runs(org):  # type: ignore[no-untyped-def]
-    """Seven runs: five finished with durations 5..1 s (created in that order), one running 100 s, one pending."""
+def _runs(org, now=None):  # type: ignore[no-untyped-def]
+    """Seven runs: five finished with durations 5..1 s (created in that order), one running 100 s, one pending;
+    their times are stamped relative to ``now`` (default: when this is called)."""
     from backend.db.engine import in_transaction
     from backend.db.models import Run
     from backend.db.types import utcnow
     from backend.runs import service
 
     ids = []
-    now = utcnow()
+    now = now or utcnow()
     for n, seconds in enumerate([5, 3, 1, 4, 2]):
         run = service.create_run(*(PROC if n % 2 else DEL(n)), organization_id=org.id, display_name=f"r{seconds}")
         attempt = service.mark_submitted(run.id, f"t{n}")
@@ -82,11 +83,12 @@ def test_sorted_pages_are_complete_and_ordered(backend, org):  # type: ignore[no
 def test_created_order_and_the_cards_window(backend, org):  # type: ignore[no-untyped-def]
     from backend.db.types import utcnow
 
-    _runs(org)
+    now = utcnow()  # the window is measured from the same "now" the runs were stamped from (a slow machine
+    _runs(org, now)  # must not move a run out of it)
     q = listing.ListQuery(organization_id=org.id)
     names, _ = _all_pages(q, "created", False, limit=2)
     assert names == ["r5", "r3", "r1", "r4", "r2", "running", "pending"]
     newest, _ = _all_pages(q, "created", True, limit=3)
     assert newest[2:] == ["r2", "r4", "r1", "r3", "r5"]
-    recent = list_sort.page(q, "created", True, None, 50, completed_since=utcnow() - timedelta(minutes=4, seconds=56.5))
+    recent = list_sort.page(q, "created", True, None, 50, completed_since=now - timedelta(minutes=4, seconds=56.5))
     assert [r.display_name for r in recent.runs] == ["r4", "r5"]  # ended within the window: 5 s and 4 s runs
