@@ -26,6 +26,8 @@ from backend.db.types import utcnow
 from backend.devserver import run_dev, run_serve
 from backend.errors import CuratoreError, DatabaseUnavailable, NotFound
 from backend.jobtypes.registry import get_registry
+from backend.queues.workers import ONLINE_WITHIN, database_ok
+from backend.queues.workers import alive as worker_alive
 from backend.runs.queries import RunFilter, get_logs, get_run, list_runs, log_dict, run_dict
 from backend.storage.assets import store_local_file
 from backend.validation import MAX_CONFIG_BYTES, MAX_NAME, check_input, check_text, parse_json
@@ -154,6 +156,23 @@ def scheduler(loglevel: str) -> None:
     settings = get_settings()
     settings.ensure_dirs()
     celery_app.start(["beat", "--loglevel", loglevel, "--schedule", str(settings.data_dir / "beat-schedule")])
+
+
+@main.command()
+@click.option("--worker", "worker_name", default=None, metavar="NODE",
+              help="Also require this worker node (name@host, as `curatore worker -n` names it) to be alive.")
+def health(worker_name: str | None) -> None:
+    """Liveness: exit 0 when the database answers (and the worker reported lately), 1 otherwise."""
+    try:
+        database_ok()
+    except DatabaseUnavailable as exc:
+        click.echo(f"unhealthy: {exc.message}", err=True)
+        sys.exit(1)
+    if worker_name and not worker_alive(worker_name):
+        click.echo(f"unhealthy: worker {worker_name} has not reported in the last "
+                   f"{int(ONLINE_WITHIN.total_seconds())} s", err=True)
+        sys.exit(1)
+    click.echo("healthy" + (f": database and worker {worker_name}" if worker_name else ": database"))
 
 
 @main.command()

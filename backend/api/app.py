@@ -8,12 +8,14 @@ The Reflex backend mounts it through ``api_transformer`` (``curatore_ui/api_moun
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from backend.api import errors, queues, registry, runs, schedules, signin
 from backend.api.deps import current_principal
 from backend.api.edges import SecurityHeaders
 from backend.api.metrics import check_scraper, metrics_text
+from backend.errors import CuratoreError
+from backend.queues.workers import database_ok
 from backend.validation import MAX_BODY_BYTES
 
 PREFIX = "/api/v1/ops"
@@ -50,6 +52,14 @@ def create_api() -> FastAPI:
     @app.get("/api/v1/health", tags=["health"], summary="The API process is up")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/healthz", tags=["health"], summary="Ready to serve: the database answers (503 when it does not)")
+    def healthz() -> Response:
+        try:
+            database_ok()
+        except CuratoreError as exc:
+            return JSONResponse({"status": "unavailable", "database": exc.message}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:

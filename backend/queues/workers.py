@@ -68,6 +68,20 @@ def online(organization_ids: Collection[uuid.UUID] | None = None) -> list[dict[s
     return in_transaction(read)
 
 
+def alive(hostname: str) -> bool:
+    """Whether the worker node ``hostname`` (its Celery node name, ``name@host``) reported within
+    ``ONLINE_WITHIN``: ``curatore health --worker`` for a liveness probe."""
+    since = utcnow() - ONLINE_WITHIN
+    found = in_transaction(lambda s: s.execute(select(WorkerHeartbeat.hostname).where(
+        WorkerHeartbeat.hostname == hostname, WorkerHeartbeat.last_seen_at >= since)).first(), read_only=True)
+    return found is not None
+
+
+def database_ok() -> None:
+    """Raise ``DatabaseUnavailable`` unless the database answers (``/healthz``, ``curatore health``)."""
+    in_transaction(lambda s: s.execute(select(1)).scalar_one(), read_only=True)
+
+
 class NodeHeartbeat(threading.Thread):
     """In each worker's main process: report the node, sweep for lost runs, dispatch pending ones."""
 
