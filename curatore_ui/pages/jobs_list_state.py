@@ -299,7 +299,15 @@ class JobsListState(rx.State):
                     and prefetched["cursor"] == self.cursor):
                 if not self._default_org:
                     self._default_org = (await asyncio.to_thread(_default_org_id),)
-                self._show(_shape(prefetched, self.org_slug, bool(self.org_slug), principal, self._default_org[0]))
+                # shaped once per kind of principal (its roles) for every client watching the scope
+                view = (principal.is_system_admin, frozenset(principal.roles.items()), self.org_slug,
+                        self._default_org[0])
+                shaped = prefetched.setdefault("shaped", {})
+                if view not in shaped:
+                    shaped[view] = _shape(prefetched, self.org_slug, bool(self.org_slug), principal,
+                                          self._default_org[0])
+                mine = shaped[view]  # copies of the containers: a state patches its own rows in place
+                self._show({**mine, "rows": list(mine["rows"]), "tabs": list(mine["tabs"]), "cards": dict(mine["cards"])})
             else:
                 await self._refresh()
             return None
