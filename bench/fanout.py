@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,20,100", help="watcher counts, comma-separated")
     parser.add_argument("--rate", type=float, default=5.0, help="runs submitted (and finishing) per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each measured window")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of an unmeasured first window")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.clients.split(",") if k.strip()]
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             ui.start()
             cookie = sign_in(ui.url, *ADMIN)
+            if args.warmup > 0:  # the worker's and the app's first runs (connections, imports) are not measured
+                asyncio.run(_window(ui, cookie, 1, args.rate, args.warmup, org_id))
             results = [asyncio.run(_window(ui, cookie, k, args.rate, args.seconds, org_id)) for k in ks]
         finally:
             ui.stop()

@@ -41,7 +41,7 @@ def test_the_fanout_bench_runs_and_no_watcher_misses_an_update(tmp_path: Path) -
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CURATORE_BENCH_PG_ADMIN_URL": PG_ADMIN_URL,
            "CURATORE_BENCH_REDIS_URL": REDIS_URL.rsplit("/", 1)[0] + "/10", "HOME": str(Path.home())}
     result = subprocess.run([sys.executable, "-m", "bench.fanout", "--runs", "500", "--clients", "1,3",
-                             "--seconds", "3", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                             "--seconds", "3", "--warmup", "1", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "live jobs list" in result.stdout
