@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import Field
 
 from backend.jobtypes.configs import JobConfig
-from backend.storage.assets import store_bytes
 from backend.jobtypes.registry import JobType, RetryPolicy
+from backend.storage.assets import store_bytes
 
 
 class GatedStepsConfig(JobConfig):
