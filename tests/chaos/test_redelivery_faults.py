@@ -10,6 +10,8 @@ and a redis-server without persistence, each on a free port. Heartbeat 0.5 s, sw
     run completes, on its first dispatch, never called stale or lost.
 (c) Redis stopped and started again empty while two runs wait in it and two others write: every run completes
     within 30 s of the restart (the start timeout is 300 s: the lost messages are sent again by the sweep).
+(d) A message received (prefetched) by a worker that is then SIGKILLed before starting it: sent again once the
+    dead node no longer counts as holding it, long before the start timeout.
 
 Timings are printed; servers are stopped and their directories removed even when a test fails.
 """
@@ -275,5 +277,43 @@ def test_redis_restarted_empty_with_runs_queued_in_it(chaos: Backend, servers, t
             assert any(e.context.get("cause") == "message_lost" for e in _log(run_id)), _explain([run_id], workers)
         print(f"\nredis restarted empty with 2 runs queued in it: all 4 runs completed within {ended_after:.1f} s "
               "of the restart")
+    finally:
+        workers.stop_all()
+
+
+# --------------------------------------------------------------------------- (d) prefetched by a dead worker
+
+
+@pytest.mark.timeout(180)
+def test_a_message_prefetched_by_a_killed_worker_is_sent_again(chaos: Backend, tmp_path: Path) -> None:
+    """The worker's pool processes are frozen (SIGSTOP), so it receives the run's message but never starts it;
+    then the whole worker is SIGKILLed and a fresh one started. The run is sent again once the dead node stops
+    counting as holding it, long before the 300 s start timeout."""
+    import subprocess
+
+    from backend.auth.orgs import ensure_org
+
+    chaos.extend({"CURATORE_LOST_MESSAGE_GRACE_SECONDS": "2", "CURATORE_START_TIMEOUT_SECONDS": "300"})
+    org = ensure_org("chaos-prefetched")
+    workers = Workers(chaos, tmp_path)
+    try:
+        victim = workers.start()
+        for pid in subprocess.check_output(["pgrep", "-P", str(victim.proc.pid)]).split():
+            os.kill(int(pid), signal.SIGSTOP)
+        run_id, gate = _gated(org.id, tmp_path, "gate", 2)
+        wait_for(lambda: "received" in victim.output(), 20, what="the worker to receive the run's message")
+        assert RunStatus(_row(run_id).status) is S.SUBMITTED
+        os.killpg(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(timeout=10)
+        t_kill = time.monotonic()
+        workers.start()
+        for n in (1, 2):
+            (gate / str(n)).touch()
+        _wait_all_terminal([run_id], 40, workers, "the run the killed worker had received to end")
+        row = _row(run_id)
+        assert RunStatus(row.status) is S.COMPLETED and row.dispatch_attempt == 2, _explain([run_id], workers)
+        assert any(e.context.get("cause") == "message_lost" for e in _log(run_id))
+        print(f"\na message prefetched by a killed worker: the run completed {time.monotonic() - t_kill:.1f} s "
+              "after the kill (start timeout 300 s)")
     finally:
         workers.stop_all()
