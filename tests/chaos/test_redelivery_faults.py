@@ -317,3 +317,55 @@ def test_a_message_prefetched_by_a_killed_worker_is_sent_again(chaos: Backend, t
               "after the kill (start timeout 300 s)")
     finally:
         workers.stop_all()
+
+
+# --------------------------------------------------------------------------- (e) a start refused by the database
+
+
+@pytest.mark.timeout(180)
+def test_a_start_refused_for_too_many_connections_is_retried(chaos: Backend, servers, tmp_path: Path) -> None:  # noqa: F811
+    """The worker connects as a role of its own; the role's connection limit is set to 0 and its connections cut
+    when the run is published, so the worker's start is refused ("too many connections"). The start is tried
+    again (with a 300 s start timeout, nothing else would rescue it soon) and the run completes once the limit
+    is lifted; the signal to lift it is the worker's own "trying again" line."""
+    import psycopg
+
+    from backend.auth.orgs import ensure_org
+
+    pg, _ = servers
+    role = f"w_{uuid.uuid4().hex[:8]}"
+    admin = pg.admin_url.rsplit("/", 1)[0] + "/curatore"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+
+    def limit(n: int) -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT {n}")
+            if n == 0:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+
+    chaos.extend({"CURATORE_LEASE_SECONDS": "10", "CURATORE_START_TIMEOUT_SECONDS": "300"})
+    org = ensure_org("chaos-too-many")
+    worker = WorkerProcess(chaos, tmp_path / "worker.log", concurrency=1, extra_env={
+        "PYTHONPATH": str(ROOT), "CURATORE_DATABASE_URL": pg.url("curatore").replace("postgres@", f"{role}@")})
+    workers = Workers(chaos, tmp_path)
+    workers.all.append(worker)
+    try:
+        worker.wait_ready()
+        limit(0)
+        run_id, gate = _gated(org.id, tmp_path, "gate", 2)
+        wait_for(lambda: "too many connections" in worker.output() and "trying again" in worker.output(), 30,
+                 what="the worker's start to be refused by the database")
+        assert RunStatus(_row(run_id).status) is S.SUBMITTED
+        limit(-1)
+        for n in (1, 2):
+            (gate / str(n)).touch()
+        _wait_all_terminal([run_id], 40, workers, "the run whose start was refused to end")
+        row = _row(run_id)
+        assert RunStatus(row.status) is S.COMPLETED and row.dispatch_attempt == 1, _explain([run_id], workers)
+        print("\na start refused for too many connections was tried again and the run completed on dispatch 1")
+    finally:
+        limit(-1)
+        workers.stop_all()
