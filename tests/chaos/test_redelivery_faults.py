@@ -12,6 +12,8 @@ and a redis-server without persistence, each on a free port. Heartbeat 0.5 s, sw
     within 30 s of the restart (the start timeout is 300 s: the lost messages are sent again by the sweep).
 (d) A message received (prefetched) by a worker that is then SIGKILLed before starting it: sent again once the
     dead node no longer counts as holding it, long before the start timeout.
+(e) A start refused by PostgreSQL ("too many connections" for the worker's role) is tried again, not
+    acknowledged away with the run left submitted.
 
 Timings are printed; servers are stopped and their directories removed even when a test fails.
 """
