@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.errors import InvalidSettings
@@ -104,6 +112,11 @@ class Settings(BaseSettings):
     # A JSON file overriding registry limits (queue concurrency, timeouts).
     registry_overrides: Path | None = None
 
+    # Connections to PostgreSQL per process (each worker pool process, each UI/API process): kept open, and
+    # opened beyond that under load. (processes x (pool + overflow)) must stay under the server's max_connections.
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+
     heartbeat_seconds: float = 5.0
     # A running run's lease; a run whose lease expires is stale, then re-queued or timed out.
     lease_seconds: float = 30.0
@@ -111,6 +124,9 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = 10.0
     # A submitted run that no worker started within this time goes back to the queue.
     start_timeout_seconds: float = 300.0
+    # A submitted run whose task no live worker holds, this long after it was sent while a worker of its queue
+    # had a free slot, lost its message (Redis restarted empty, a worker died holding it): it is sent again.
+    lost_message_grace_seconds: float = Field(default=5.0, gt=0)
     # How often each worker node sweeps for expired leases and dispatches pending runs.
     sweep_seconds: float = 5.0
     # Boosts per organization per minute.

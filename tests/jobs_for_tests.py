@@ -16,12 +16,14 @@ from pydantic import Field
 
 from backend.jobtypes.configs import JobConfig
 from backend.jobtypes.registry import JobType, RetryPolicy
+from backend.storage.assets import store_bytes
 
 
 class GatedStepsConfig(JobConfig):
     steps: int = Field(default=5, ge=1, le=10_000)
     gate_dir: str | None = None
     fail_at: int | None = None
+    store_assets: bool = False  # each step also stores a small file (an asset write, for the chaos tests)
 
 
 def run_gated_steps(ctx: Any, config: GatedStepsConfig) -> dict[str, Any]:
@@ -36,6 +38,9 @@ def run_gated_steps(ctx: Any, config: GatedStepsConfig) -> dict[str, Any]:
         if config.fail_at == n:
             raise RuntimeError(f"step {n} failed on purpose")
         digest.update(str(n).encode())
+        if config.store_assets:
+            store_bytes(ctx.organization_id, f"step-{n}.txt", f"{ctx.run_id} step {n}".encode(),
+                        source=f"test:{ctx.run_id}:{n}")
         phase = "first_half" if n <= config.steps / 2 else "second_half"
         ctx.progress(n, config.steps, phase=phase, item=f"step {n}", unit="steps")
         ctx.info(f"Step {n} of {config.steps} done", "step_complete", step=n)

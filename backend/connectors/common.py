@@ -6,10 +6,12 @@ between runs (``ConnectorState``)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -236,7 +238,13 @@ def retire_records(organization_id: uuid.UUID, source: str, kind: str, resource_
 def store_external(organization_id: uuid.UUID, filename: str, data: bytes, *, collection_id: str,
                    external_id: str, source: str) -> Asset:
     """Store a fetched file as the live asset for ``external_id`` in the collection; an older live
-    asset for the same external id is superseded (marked deleted)."""
+    asset for the same external id is superseded (marked deleted). The same bytes under the same name and
+    source as the live asset are that asset (a run executed again after its worker was lost stores nothing
+    twice, and its children find the asset they were spawned for)."""
+    same = live_asset(organization_id, collection_id, external_id)
+    if (same is not None and same.sha256 == hashlib.sha256(data).hexdigest() and same.source == source
+            and same.filename == Path(filename).name.strip()[:500]):
+        return same
     asset = store_bytes(organization_id, filename, data, source=source)
 
     def write(s: Any) -> None:

@@ -10,6 +10,7 @@ checks and pages do not keep a cancel or another writer waiting.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ from backend.config import get_settings
 from backend.errors import DatabaseNotMigrated, DatabaseUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 _engines: dict[str, Engine] = {}
@@ -40,7 +42,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
+    settings = get_settings()
+    return create_engine(url, pool_pre_ping=True, pool_size=settings.db_pool_size,
+                         max_overflow=settings.db_max_overflow, connect_args={"connect_timeout": 5})
 
 
 def private_file(path: Path) -> None:
@@ -115,12 +119,22 @@ def transaction(read_only: bool = False) -> Iterator[Session]:
 
 
 def in_transaction(fn: Callable[[Session], T], session: Session | None = None, *, read_only: bool = False) -> T:
-    """Run ``fn`` in ``session`` if given, else in a new transaction retried on deadlock.
+    """Run ``fn`` in ``session`` if given, else in a new transaction retried on deadlock (and, inside
+    :func:`patience`, retried while the database cannot be reached).
 
     ``read_only=True`` for a ``fn`` that only reads: on SQLite it then does not queue for the write lock.
     """
     if session is not None:
         return fn(session)
+    waited = _Patience()
+    while True:
+        try:
+            return _in_new_transaction(fn, read_only)
+        except DatabaseUnavailable as exc:
+            waited.wait_or_raise(exc)
+
+
+def _in_new_transaction(fn: Callable[[Session], T], read_only: bool) -> T:
     for attempt in range(6):
         try:
             with transaction(read_only) as new_session:
@@ -130,6 +144,47 @@ def in_transaction(fn: Callable[[Session], T], session: Session | None = None, *
                 raise
             time.sleep(0.02 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- riding out a database blip
+
+_patience = threading.local()
+PATIENCE_FIRST_WAIT = 0.1
+PATIENCE_MAX_WAIT = 2.0
+
+
+@contextmanager
+def patience(seconds: float) -> Iterator[None]:
+    """In this thread, a transaction that cannot reach the database (:class:`DatabaseUnavailable`: a restart,
+    "too many clients") is tried again, with a doubling wait (0.1 s up to 2 s), for up to ``seconds`` before the
+    error is raised. A job's thread runs inside it (``backend.worker.base.execute``: up to the lease), so its
+    progress, log, asset and final writes ride out a blip; other threads (heartbeats) keep failing fast."""
+    previous = getattr(_patience, "seconds", 0.0)
+    _patience.seconds = seconds
+    try:
+        yield
+    finally:
+        _patience.seconds = previous
+
+
+class _Patience:
+    """One transaction's waiting, within this thread's :func:`patience`."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.wait = PATIENCE_FIRST_WAIT
+
+    def wait_or_raise(self, exc: DatabaseUnavailable) -> None:
+        seconds = getattr(_patience, "seconds", 0.0)
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + seconds
+            if seconds > 0:
+                log.warning("%s; trying again for up to %.0f s", exc.message, seconds)
+        if now >= self.deadline:
+            raise exc
+        time.sleep(min(self.wait, self.deadline - now))
+        self.wait = min(self.wait * 2, PATIENCE_MAX_WAIT)
 
 
 def _first_line(error: object) -> str:

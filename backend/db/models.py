@@ -121,7 +121,7 @@ class RunGroup(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     organization_id: uuid.UUID = Field(foreign_key="organizations.id")
-    parent_run_id: uuid.UUID = Field(index=True)
+    parent_run_id: uuid.UUID = Field(index=True, unique=True)  # one group per parent (a re-run continues it)
     expected: int = 0
     completed: int = 0
     failed: int = 0
@@ -182,6 +182,9 @@ class WorkerHeartbeat(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
     last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
     active_runs: int = 0
+    # Celery task ids the node has received and not finished (reported every housekeeping pass): a submitted
+    # run whose task no live node holds, while one of its queue's nodes has a free slot, lost its message.
+    held_task_ids: list[str] = Field(default_factory=list, sa_type=JSONType)
 
 
 class ExternalRecord(SQLModel, table=True):

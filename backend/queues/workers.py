@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Any
 
@@ -30,17 +30,20 @@ BEAT_SECONDS = 5.0
 ONLINE_WITHIN = timedelta(seconds=20)
 
 
-def beat(hostname: str, queues: list[str], concurrency: int) -> None:
+def beat(hostname: str, queues: list[str], concurrency: int, held: list[str] | None = None) -> None:
+    """The node is alive, consumes ``queues`` with ``concurrency`` processes, and holds the tasks ``held``
+    (received, not finished): what recovery reads to tell a waiting message from a lost one."""
     now = utcnow()
+    held = sorted(held or [])
 
     def write(s: Any) -> None:
         changed = s.execute(
             update(WorkerHeartbeat).where(WorkerHeartbeat.hostname == hostname)
-            .values(last_seen_at=now, queues=queues, concurrency=concurrency, pid=os.getpid())
+            .values(last_seen_at=now, queues=queues, concurrency=concurrency, pid=os.getpid(), held_task_ids=held)
         ).rowcount
         if not changed:
             s.add(WorkerHeartbeat(hostname=hostname, queues=queues, concurrency=concurrency, pid=os.getpid(),
-                                  started_at=now, last_seen_at=now))
+                                  started_at=now, last_seen_at=now, held_task_ids=held))
 
     in_transaction(write)
 
@@ -85,22 +88,22 @@ def database_ok() -> None:
 class NodeHeartbeat(threading.Thread):
     """In each worker's main process: report the node, sweep for lost runs, dispatch pending ones."""
 
-    def __init__(self, hostname: str, queues: list[str], concurrency: int) -> None:
+    def __init__(self, hostname: str, queues: list[str], concurrency: int,
+                 held: Callable[[], list[str]] | None = None) -> None:
         super().__init__(name="curatore-node-heartbeat", daemon=True)
         self.hostname, self.queues, self.concurrency = hostname, queues, concurrency
+        self.held = held or list  # the task ids this node has received and not finished (from Celery)
         self.stopped = threading.Event()
 
     def run(self) -> None:
         settings = get_settings()
         interval = min(BEAT_SECONDS, settings.sweep_seconds)
         lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
-        last_beat = 0.0
         last_ok = judge_after = time.monotonic()
         while True:
             try:
-                if time.monotonic() - last_beat >= BEAT_SECONDS:
-                    beat(self.hostname, self.queues, self.concurrency)
-                    last_beat = time.monotonic()
+                # Every pass: what the node holds must be fresh for recovery to tell a lost message.
+                beat(self.hostname, self.queues, self.concurrency, self.held())
                 dispatch_pending(self.queues)  # it reached the database (and the broker)
                 now = time.monotonic()
                 if now - last_ok > lease:

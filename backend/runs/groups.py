@@ -15,12 +15,14 @@ own way, and run a hook once the group has ended.
 from __future__ import annotations
 
 import importlib
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from backend.db.engine import in_transaction
@@ -80,9 +82,14 @@ def create_group(
     hook_config: dict[str, Any] | None = None,
     session: Session | None = None,
 ) -> RunGroup:
+    """The parent's group: made now, or, when the parent already has one (it is executed again after its worker
+    was lost), that one, which it continues. A parent has one group (a unique index holds it)."""
     kind_of(hook)  # an unknown hook raises before anything is written
 
     def write(s: Session) -> RunGroup:
+        existing = s.execute(select(RunGroup).where(RunGroup.parent_run_id == parent_run_id)).scalar_one_or_none()
+        if existing is not None:
+            return existing
         parent = s.get(Run, parent_run_id)
         if parent is None:
             raise ValueError(f"no run {parent_run_id}")
@@ -97,7 +104,15 @@ def create_group(
         s.execute(update(Run).where(Run.id == parent_run_id).values(is_group_parent=True))
         return group
 
-    return in_transaction(write, session)
+    if session is not None:
+        return write(session)
+    try:
+        return in_transaction(write)
+    except IntegrityError:  # another execution of the same parent made it first: continue that one
+        group = group_of(parent_run_id)
+        if group is None:
+            raise
+        return group
 
 
 def group_of(parent_run_id: uuid.UUID, session: Session | None = None) -> RunGroup | None:
@@ -105,6 +120,18 @@ def group_of(parent_run_id: uuid.UUID, session: Session | None = None) -> RunGro
         lambda s: s.execute(select(RunGroup).where(RunGroup.parent_run_id == parent_run_id)).scalar_one_or_none(),
         session,
     )
+
+
+def child_keys(group_id: uuid.UUID) -> dict[str, uuid.UUID]:
+    """The group's children so far, by :func:`child_key` (a parent executed again spawns only what is missing)."""
+    rows = in_transaction(lambda s: s.execute(select(Run.id, Run.run_type, Run.config)
+                                              .where(Run.group_id == group_id)).all(), read_only=True)
+    return {child_key(run_type, config): run_id for run_id, run_type, config in rows}
+
+
+def child_key(run_type: str, config: dict[str, Any]) -> str:
+    """What makes two children of one group the same child: their type and their (validated) config."""
+    return f"{run_type}:{json.dumps(config, sort_keys=True, separators=(',', ':'), default=str)}"
 
 
 def add_child(
@@ -150,6 +177,18 @@ _COUNTER = {S.COMPLETED: "completed", S.FAILED: "failed", S.TIMED_OUT: "failed",
 def _run_ended(session: Session, run_id: uuid.UUID, outcome: RunStatus, route: Any) -> None:
     if route.group_id is not None:
         child_finished(session, route.group_id, run_id, outcome)
+    if getattr(route, "is_group_parent", False):
+        _seal_when_parent_ended(session, run_id)
+
+
+def _seal_when_parent_ended(session: Session, parent_run_id: uuid.UUID) -> None:
+    """A parent that ended before sealing its group (failed, cancelled, timed out by recovery after its worker
+    was lost, force-killed) spawns nothing more: its group is sealed in the same transaction, so it still ends,
+    once, with its last child (the parent keeps its own status)."""
+    group_id = session.execute(select(RunGroup.id).where(RunGroup.parent_run_id == parent_run_id,
+                                                         RunGroup.sealed.is_(False))).scalar_one_or_none()
+    if group_id is not None:
+        seal(group_id, session)
 
 
 def child_finished(session: Session, group_id: uuid.UUID, run_id: uuid.UUID, outcome: RunStatus) -> None:

@@ -11,7 +11,12 @@ A running run's worker renews its lease every heartbeat. :func:`sweep`, run by e
    still stale is moved (one revived since it was read is left alone);
 3. ends ``cancelled`` a cancelling run whose lease has expired (its process is gone);
 4. ends ``timed_out`` a run with no activity for longer than its type's timeout;
-5. re-queues a submitted run that no worker started within ``CURATORE_START_TIMEOUT_SECONDS``.
+5. sends again a submitted run whose message was lost: no live worker node holds its task
+   ``CURATORE_LOST_MESSAGE_GRACE_SECONDS`` after it was sent, while a node of its queue reported a free slot
+   after that (Redis restarted empty, a worker died holding it, a start that failed and was acknowledged).
+   Worker nodes report the tasks they hold at every housekeeping pass (``worker_heartbeats.held_task_ids``);
+   a node of the queue with a free slot would have taken a message still in the broker within the grace;
+6. re-queues a submitted run that no worker started within ``CURATORE_START_TIMEOUT_SECONDS`` (the floor).
 
 A worker node whose housekeeping could not reach the database for longer than a lease waits one more lease
 period before it sweeps again (``NodeHeartbeat``): those leases expired while nobody could renew them.
@@ -30,7 +35,7 @@ from sqlalchemy import or_, select
 
 from backend.config import get_settings
 from backend.db.engine import in_transaction
-from backend.db.models import Run
+from backend.db.models import Run, WorkerHeartbeat
 from backend.db.states import RunStatus
 from backend.db.types import utcnow
 from backend.jobtypes.registry import get_registry
@@ -38,6 +43,8 @@ from backend.runs import service
 
 log = logging.getLogger(__name__)
 S = RunStatus
+NODE_PASS_SECONDS = 5.0  # a worker node reports itself every min(this, CURATORE_SWEEP_SECONDS) (queues.workers)
+NODE_LIVE_PASSES = 3  # a node that missed this many reports is not counted as alive
 
 
 def _expired(statuses: tuple[RunStatus, ...], before: Any, *, unchanged_since: Any = None) -> list[Any]:
@@ -74,10 +81,44 @@ def sweep() -> dict[str, int]:
         if service.mark_cancelled(run_id, "Cancelled: its worker stopped before acknowledging", stage="forced"):
             counts["cancelled"] += 1
     counts["inactive"] = _time_out_inactive(registry, now)
+    counts["resent"] = _resend_lost_messages(now, settings)
     counts["unstarted"] = _requeue_unstarted(now - timedelta(seconds=settings.start_timeout_seconds))
     if any(counts.values()):
         log.info("recovery sweep: %s", counts)
     return counts
+
+
+def _resend_lost_messages(now: Any, settings: Any) -> int:
+    """Rule 5: a submitted run whose task no live node holds, while a node of its queue had a free slot since
+    the grace passed, lost its message: back to pending, and the dispatcher sends it again."""
+    grace = timedelta(seconds=settings.lost_message_grace_seconds)
+    live_since = now - timedelta(seconds=NODE_LIVE_PASSES * min(NODE_PASS_SECONDS, settings.sweep_seconds) + 1)
+
+    def read(s: Any) -> tuple[list[Any], list[Any]]:
+        nodes = s.execute(select(WorkerHeartbeat.hostname, WorkerHeartbeat.queues, WorkerHeartbeat.concurrency,
+                                 WorkerHeartbeat.held_task_ids, WorkerHeartbeat.last_seen_at)
+                          .where(WorkerHeartbeat.last_seen_at >= live_since)).all()
+        if not nodes:
+            return [], []
+        waiting = s.execute(select(Run.id, Run.queue, Run.celery_task_id, Run.submitted_to_celery_at).where(
+            Run.status == S.SUBMITTED, Run.submitted_to_celery_at < now - grace)).all()
+        return list(nodes), list(waiting)
+
+    nodes, waiting = in_transaction(read, read_only=True)
+    held = {task_id for node in nodes for task_id in (node.held_task_ids or [])}
+    moved = 0
+    for run_id, queue, task_id, sent_at in waiting:
+        if task_id in held:
+            continue
+        free = next((n for n in nodes if queue in (n.queues or []) and n.concurrency
+                     and len(n.held_task_ids or []) < n.concurrency and n.last_seen_at >= sent_at + grace), None)
+        if free is None:  # every node of its queue is busy: the message may still wait in the broker
+            continue
+        waited = int((now - sent_at).total_seconds())
+        if service.resend(run_id, task_id, f"Its message was lost by the broker: no worker held it {waited} s after "
+                                           f"it was sent while {free.hostname} had a free slot; sent again"):
+            moved += 1
+    return moved
 
 
 def _requeue_unstarted(before: Any) -> int:

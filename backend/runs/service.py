@@ -220,8 +220,9 @@ def _stamps(to: RunStatus, now: datetime) -> dict[str, Any]:
 
 
 # What a transition reads back from the run it changed (UPDATE … RETURNING): the outbox's routing columns,
-# the run's group (for the terminal hooks) and its dispatch attempt (for mark_submitted).
-ROUTE = (*outbox.ROUTE_COLUMNS, Run.group_id, Run.dispatch_attempt)
+# the run's group and whether it is a group parent (for the terminal hooks), and its dispatch attempt (for
+# mark_submitted).
+ROUTE = (*outbox.ROUTE_COLUMNS, Run.group_id, Run.dispatch_attempt, Run.is_group_parent)
 
 
 def transition(
@@ -389,6 +390,16 @@ def requeue(run_id: uuid.UUID, message: str, session: Session | None = None, *,
     """Back to pending (its worker was lost, or its publish failed); the dispatcher sends it again."""
     return _change(run_id, S.PENDING, message, session, level=LogLevel.WARN,
                    values={"celery_task_id": None, "worker_hostname": None}, expect=expect) is not None
+
+
+def resend(run_id: uuid.UUID, task_id: str | None, message: str) -> bool:
+    """submitted → pending for a run whose message the broker lost (task ``task_id`` reached no worker); the
+    dispatcher sends it again with a new dispatch attempt. Nothing happens (and nothing is logged) when the run
+    moved on meanwhile: started, or sent again already."""
+    return in_transaction(lambda s: _move(
+        s, run_id, S.SUBMITTED, S.PENDING, message, level=LogLevel.WARN, context={"cause": "message_lost"},
+        values={"celery_task_id": None, "worker_hostname": None}, guard=Run.celery_task_id == task_id,
+    ) is not None)
 
 
 def force_kill(run_id: uuid.UUID, by: str) -> bool:

@@ -21,15 +21,16 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Task
+from celery.exceptions import Reject
 
 from backend.config import Settings, get_settings
-from backend.db.engine import in_transaction
+from backend.db.engine import in_transaction, patience
 from backend.db.models import Asset, Run
 from backend.db.states import LogLevel, RunStatus
 from backend.errors import CuratoreError, DatabaseUnavailable, JobCancelled, NotFound
 from backend.jobtypes.registry import JobType, get_registry
-from backend.queues.dispatch import dispatch_after_commit, schedule_retry
 from backend.queues import dispatcher
+from backend.queues.dispatch import dispatch_after_commit, schedule_retry
 from backend.queues.dispatcher import kick, kick_if_waiting
 from backend.runs import groups, service
 from backend.runs.progress import ProgressTracker
@@ -62,6 +63,7 @@ class JobContext:
         self._cancel_checked_at = float("-inf")
         self._group_id: uuid.UUID | None = None
         self._children = 0
+        self._child_keys: dict[str, uuid.UUID] | None = None  # set when continuing a group: what already exists
         self._finishing = False  # the executor returned or raised: the heartbeat must not kill the process
         self._queue_waiting: bool | None = None  # read when the run ended, in its last transaction
 
@@ -115,6 +117,8 @@ class JobContext:
     def use_group(self, hook: str, hook_config: dict[str, Any]) -> None:
         """Make this run's group (before the first child) one of a kind: see ``backend.runs.groups``."""
         if self._group_id is not None:
+            if self._child_keys is not None:  # executed again: it continues the group it made before
+                return
             raise RuntimeError("this run already has its group")
         self._group_id = groups.create_group(self.run_id, hook=hook, hook_config=hook_config).id
 
@@ -122,6 +126,11 @@ class JobContext:
         """Create a child run in this run's group; it is dispatched when created."""
         if self._group_id is None:
             self._group_id = groups.create_group(self.run_id).id
+        if self._child_keys is not None:  # continuing its group: a child spawned before is not spawned again
+            clean = get_registry().validate_config(run_type, config, self.organization_id)
+            existing = self._child_keys.get(groups.child_key(run_type, clean))
+            if existing is not None:
+                return in_transaction(lambda s: s.get(Run, existing))
 
         def write(s: Any) -> Run:
             child = groups.add_child(self._group_id, run_type, config, display_name=display_name, session=s)
@@ -135,6 +144,20 @@ class JobContext:
     @property
     def children_spawned(self) -> int:
         return self._children
+
+    def _continue_group(self) -> None:
+        """A parent executed again (its worker was lost while it spawned) continues the group it made: one group
+        per parent, and only the children not spawned yet are spawned (:meth:`spawn_child`)."""
+        if not self.run.is_group_parent:
+            return
+        group = groups.group_of(self.run_id)
+        if group is None:
+            return
+        self._group_id, self._children = group.id, group.expected
+        self._child_keys = groups.child_keys(group.id)
+        self.info(f"Continuing its run group: {group.expected} child run{'' if group.expected == 1 else 's'} "
+                  "spawned before; only the missing ones are spawned", "group_continued",
+                  group_id=group.id, children=group.expected)
 
     # assets -------------------------------------------------------------------------
     def asset(self, asset_id: uuid.UUID | str) -> Asset:
@@ -205,14 +228,15 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     job_type = get_registry().resolve(job_key)
     rid = uuid.UUID(run_id)
     lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
-    run = service.start_and_load(rid, dispatch_attempt, worker or socket.gethostname(), lease)
+    run = _start(rid, dispatch_attempt, worker or socket.gethostname(), lease)
     if run is None:
         return "skipped"
     ctx = JobContext(run, job_type, settings)
     beat = Heartbeat(ctx, settings.heartbeat_seconds, lease, settings.cancel_grace_seconds)
     beat.start()
     try:
-        return _run_executor(ctx)
+        with patience(lease):  # its writes ride out a database blip of up to a lease
+            return _run_executor(ctx)
     finally:
         ctx._finishing = True
         beat.stop()
@@ -224,9 +248,21 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
             kick(job_type.queue)
 
 
+def _start(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease: float) -> Run | None:
+    """Start the run, riding out a database blip of up to a lease; if the database stays away, the message goes
+    back to the broker (rejected, requeued) instead of being acknowledged with the run left submitted."""
+    try:
+        with patience(lease):
+            return service.start_and_load(run_id, dispatch_attempt, worker, lease)
+    except DatabaseUnavailable as exc:
+        log.warning("could not start run %s: %s; its message goes back to the queue", run_id, exc.message)
+        raise Reject(exc.message, requeue=True) from exc
+
+
 def _run_executor(ctx: JobContext) -> str:
     job_type, rid = ctx.job_type, ctx.run_id
     try:
+        ctx._continue_group()
         config = job_type.config_model.model_validate(ctx.run.config)
         returned = job_type.load_executor()(ctx, config)
         ctx._finishing = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.worker import state as worker_state
 
 from backend.db.engine import dispose_engines
 from backend.jobtypes.registry import JobType, get_registry
@@ -63,8 +64,18 @@ def _start_node_heartbeat(sender: object = None, **_: object) -> None:
     hostname = getattr(consumer, "hostname", None) or "worker"
     queues = sorted(q.name for q in consumer.task_consumer.queues) if getattr(consumer, "task_consumer", None) else []
     concurrency = getattr(getattr(consumer, "pool", None), "limit", 0) or 0
-    _node_heartbeat = NodeHeartbeat(hostname, queues, int(concurrency))
+    _node_heartbeat = NodeHeartbeat(hostname, queues, int(concurrency), held=_held_task_ids)
     _node_heartbeat.start()
+
+
+def _held_task_ids() -> list[str]:
+    """The tasks this node has received and not finished (reserved: waiting for a pool process, or running)."""
+    for _ in range(10):
+        try:  # weak sets the consumer thread changes as messages come and go
+            return sorted({r.id for r in (*tuple(worker_state.reserved_requests), *tuple(worker_state.active_requests))})
+        except RuntimeError:
+            continue
+    raise RuntimeError("the reserved tasks kept changing")
 
 
 @worker_shutdown.connect
