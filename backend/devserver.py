@@ -166,6 +166,9 @@ def serve_command(port: int, host: str, workers: int | None, backend_only: bool)
     env = reflex_env()
     if settings.redis_url:
         env.setdefault("REFLEX_REDIS_URL", settings.redis_url)
+    # Reflex empties its states folder when it starts: one per port, so servers started together on one host
+    # do not delete each other's files.
+    env.setdefault("REFLEX_STATES_WORKDIR", str(settings.data_dir / f"reflex-states-{port}"))
     if workers is not None:
         if workers < 1:
             raise ValueError("--workers must be at least 1.")
