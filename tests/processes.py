@@ -34,6 +34,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_answering(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float) -> None:
+    """Until the Reflex app at ``url`` answers ``/ping`` (its output in the error when it exits or does not)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited:\n{log_path.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the app did not answer within {timeout} s:\n{log_path.read_text()[-4000:]}")
+
+
 class UIProcess:
     """The Reflex app (`curatore dev`'s UI child), restartable."""
 
@@ -55,18 +71,7 @@ class UIProcess:
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the app exited:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"the app did not answer within {timeout} s:\n{self.log_path.read_text()[-4000:]}")
+        wait_answering(self.proc, self.url, self.log_path, timeout)
 
     def stop(self) -> None:
         if self.proc is not None:

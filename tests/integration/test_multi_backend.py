@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REDIS_URL, Backend, WorkerProcess
-from tests.processes import ROOT, free_port, stop_group
+from tests.processes import ROOT, free_port, stop_group, wait_answering
 from tests.reflex_client import ReflexClient, sign_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,20 +51,7 @@ class WebProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 120) -> None:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the web process exited:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"the web process did not answer:\n{self.log_path.read_text()[-4000:]}")
+        wait_answering(self.proc, self.url, self.log_path, timeout)
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
