@@ -8,16 +8,26 @@ The database is the source of truth: tasks store no results. ``celery -A backend
 
 from __future__ import annotations
 
-from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
 
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+
+from backend.config import get_settings
 from backend.db.engine import dispose_engines
 from backend.jobtypes.registry import JobType, get_registry
 from backend.queues import celery_link, workers
 from backend.queues.workers import NodeHeartbeat
+from backend.runs import recovery
 from backend.worker import schedule_task
-from backend.worker.base import RunTask, execute
+from backend.worker.base import RunTask, execute, install_hand_back_signal
 
+log = logging.getLogger(__name__)
 celery_app = celery_link.celery_app
 
 
@@ -51,15 +61,18 @@ def _run_task(task: RunTask, run_id: str, dispatch_attempt: int) -> str:
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: object) -> None:
     dispose_engines()
+    install_hand_back_signal()  # SIGTERM to a pool process: hand its run back (a warm shutdown, not a crash)
 
 
 _node_heartbeat: NodeHeartbeat | None = None
+_consumer: Any = None
+_hand_back: threading.Thread | None = None
 
 
 @worker_ready.connect
 def _start_node_heartbeat(sender: object = None, **_: object) -> None:
-    global _node_heartbeat
-    consumer = sender
+    global _node_heartbeat, _consumer
+    consumer = _consumer = sender
     hostname = getattr(consumer, "hostname", None) or "worker"
     queues = sorted(q.name for q in consumer.task_consumer.queues) if getattr(consumer, "task_consumer", None) else []
     concurrency = getattr(getattr(consumer, "pool", None), "limit", 0) or 0
@@ -67,8 +80,55 @@ def _start_node_heartbeat(sender: object = None, **_: object) -> None:
     _node_heartbeat.start()
 
 
+@worker_shutting_down.connect
+def _hand_back_on_shutdown(sender: object = None, **_: object) -> None:
+    """The worker was told to stop (SIGTERM, Ctrl-C, ``curatore dev`` stopping): in its main process, ask every
+    pool process to hand its run back at its next ``check_cancelled()`` (SIGTERM, see
+    ``backend.worker.base.install_hand_back_signal``), then hand back what is left after the grace."""
+    global _hand_back
+    if _hand_back is not None or not isinstance(sender, str):
+        return
+    _hand_back = threading.Thread(target=_hand_back_runs, args=(sender, _pool_pids()), name="curatore-hand-back",
+                                  daemon=True)
+    _hand_back.start()
+
+
+def _pool_pids() -> list[int]:
+    pool = getattr(getattr(_consumer, "pool", None), "_pool", None)
+    return [p.pid for p in getattr(pool, "_pool", None) or () if p.pid]
+
+
+def _hand_back_runs(hostname: str, pids: list[int]) -> None:
+    grace = get_settings().shutdown_grace_seconds
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    stopped = threading.Event()
+    try:
+        while recovery.held_by(hostname) and time.monotonic() < deadline:
+            stopped.wait(0.1)  # the jobs hand back at their next check; nothing to do but look again
+        if not recovery.held_by(hostname):
+            return
+        for pid in _pool_pids() or pids:  # first no more work from them, then their runs go back
+            _signal(pid, signal.SIGKILL)
+        moved = recovery.hand_back_held(hostname, f"its worker {hostname} stopped, and the job had not stopped "
+                                                  f"within the {grace:g} s grace; its process was ended")
+        log.warning("handed back %d run(s) whose jobs did not stop within %g s", moved, grace)
+    except Exception:  # noqa: BLE001 - the database may be away: the leases expire and the sweep re-queues them
+        log.exception("could not hand back the runs of %s", hostname)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 @worker_shutdown.connect
 def _stop_node_heartbeat(sender: object = None, **_: object) -> None:
+    if _hand_back is not None:
+        _hand_back.join(get_settings().shutdown_grace_seconds + 10)  # what is left goes back before we exit
     if _node_heartbeat is not None:
         _node_heartbeat.stopped.set()
         try:

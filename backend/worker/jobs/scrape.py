@@ -117,7 +117,8 @@ class Crawl:
         self.start = normalize(str(config.start_url)) or str(config.start_url)
         self.site = site_of(self.start)
         self.collection = config.collection_id or f"scrape-{ctx.run_id}"
-        self.client = HttpClient(headers={"User-Agent": USER_AGENT}, timeout=20.0, on_retry=self._on_retry)
+        self.client = HttpClient(headers={"User-Agent": USER_AGENT}, timeout=20.0, on_retry=self._on_retry,
+                                 before_send=getattr(ctx, "ensure_held", None))
         self.robots: RobotFileParser | None = None
         self.queue: deque[tuple[str, int]] = deque([(self.start, 0)])
         self.seen = {self.start}
