@@ -78,13 +78,16 @@ class NodeHeartbeat(threading.Thread):
 
     def run(self) -> None:
         settings = get_settings()
-        interval = min(BEAT_SECONDS, settings.sweep_seconds)
+        interval = min(BEAT_SECONDS, settings.sweep_seconds, settings.heartbeat_seconds)
         lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
+        # At least as often as a run's heartbeat: recovery tells a dead node from a dead process by whether the
+        # node reported after the run's lease expired (``backend.runs.recovery``).
+        beat_every = min(BEAT_SECONDS, settings.heartbeat_seconds)
         last_beat = 0.0
         last_ok = judge_after = time.monotonic()
         while True:
             try:
-                if time.monotonic() - last_beat >= BEAT_SECONDS:
+                if time.monotonic() - last_beat >= beat_every:
                     beat(self.hostname, self.queues, self.concurrency)
                     last_beat = time.monotonic()
                 dispatch_pending(self.queues)  # it reached the database (and the broker)

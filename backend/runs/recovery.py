@@ -40,7 +40,6 @@ from backend.runs import service
 
 log = logging.getLogger(__name__)
 S = RunStatus
-NODE_ALIVE_SECONDS = 20  # a worker node that reported this recently is up (queues.workers.ONLINE_WITHIN)
 
 
 def _expired(statuses: tuple[RunStatus, ...], before: Any, *, unchanged_since: Any = None) -> list[Any]:
@@ -92,7 +91,7 @@ def _recover_lost(run_id: Any, attempt: int, lease: Any, worker: str | None, bud
     delivery budget (``CURATORE_MAX_REDELIVERIES``, apart from the type's ``retry_policy``) lasts, else it
     ends ``timed_out``, saying so."""
     silent = int((now - lease).total_seconds())
-    cause = _loss_cause(worker, silent)
+    cause = _loss_cause(worker, silent, lease)
     used = service.redeliveries(run_id)
     context = {"cause": "worker_lost", "worker": worker, "redelivery": used + 1, "budget": budget}
     if used < budget:
@@ -112,19 +111,19 @@ def _recover_lost(run_id: Any, attempt: int, lease: Any, worker: str | None, bud
     return None
 
 
-def _loss_cause(worker: str | None, silent: int) -> str:
-    """What the node's own heartbeat says about the loss: its process died or froze while the node lived on,
-    or the whole node stopped reporting."""
+def _loss_cause(worker: str | None, silent: int, lease: Any) -> str:
+    """What the node's own heartbeat says about the loss: a node that reported after the run's lease expired
+    is up, so the run's process died or froze; otherwise the whole node stopped reporting."""
     node_seen = None
     if worker:
         stmt = select(WorkerHeartbeat.last_seen_at).where(WorkerHeartbeat.hostname == worker)
         node_seen = in_transaction(lambda s: s.execute(stmt).scalar_one_or_none(), read_only=True)
     base = f"no heartbeat for {silent} s past its lease"
-    if worker and node_seen is not None and (utcnow() - node_seen).total_seconds() < NODE_ALIVE_SECONDS:
-        return f"Its worker process on {worker} was lost (died or froze while the node is up): {base}"
-    if worker:
-        return f"Its worker {worker} was lost (the node stopped reporting): {base}"
-    return f"Its worker was lost: {base}"
+    if not worker:
+        return f"Its worker was lost: {base}"
+    if node_seen is not None and node_seen > lease:
+        return f"Its worker process on {worker} was lost (it died or froze while the node is up): {base}"
+    return f"Its worker {worker} was lost (the node stopped reporting): {base}"
 
 
 def held_by(worker: str) -> list[Any]:

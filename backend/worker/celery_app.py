@@ -81,15 +81,17 @@ def _start_node_heartbeat(sender: object = None, **_: object) -> None:
 
 
 @worker_shutting_down.connect
-def _hand_back_on_shutdown(sender: object = None, **_: object) -> None:
+def _hand_back_on_shutdown(sender: object = None, how: str = "Warm", **_: object) -> None:
     """The worker was told to stop (SIGTERM, Ctrl-C, ``curatore dev`` stopping): in its main process, ask every
     pool process to hand its run back at its next ``check_cancelled()`` (SIGTERM, see
-    ``backend.worker.base.install_hand_back_signal``), then hand back what is left after the grace."""
+    ``backend.worker.base.install_hand_back_signal``), then hand back what is left after the grace. A cold
+    shutdown (SIGQUIT) ends the pool processes at once and hands their runs back."""
     global _hand_back
     if _hand_back is not None or not isinstance(sender, str):
         return
-    _hand_back = threading.Thread(target=_hand_back_runs, args=(sender, _pool_pids()), name="curatore-hand-back",
-                                  daemon=True)
+    grace = 0.0 if how == "Cold" else get_settings().shutdown_grace_seconds
+    _hand_back = threading.Thread(target=_hand_back_runs, args=(sender, _pool_pids(), grace),
+                                  name="curatore-hand-back", daemon=True)
     _hand_back.start()
 
 
@@ -98,22 +100,24 @@ def _pool_pids() -> list[int]:
     return [p.pid for p in getattr(pool, "_pool", None) or () if p.pid]
 
 
-def _hand_back_runs(hostname: str, pids: list[int]) -> None:
-    grace = get_settings().shutdown_grace_seconds
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    stopped = threading.Event()
+def _hand_back_runs(hostname: str, pids: list[int], grace: float) -> None:
     try:
-        while recovery.held_by(hostname) and time.monotonic() < deadline:
-            stopped.wait(0.1)  # the jobs hand back at their next check; nothing to do but look again
-        if not recovery.held_by(hostname):
-            return
+        if grace > 0:
+            for pid in pids:
+                _signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            pause = threading.Event()
+            while recovery.held_by(hostname) and time.monotonic() < deadline:
+                pause.wait(0.1)  # the jobs hand back at their next check; nothing to do but look again
+            if not recovery.held_by(hostname):
+                return
         for pid in _pool_pids() or pids:  # first no more work from them, then their runs go back
             _signal(pid, signal.SIGKILL)
-        moved = recovery.hand_back_held(hostname, f"its worker {hostname} stopped, and the job had not stopped "
-                                                  f"within the {grace:g} s grace; its process was ended")
-        log.warning("handed back %d run(s) whose jobs did not stop within %g s", moved, grace)
+        why = (f"its worker {hostname} stopped, and the job had not stopped within the {grace:g} s grace; its "
+               "process was ended" if grace > 0 else f"its worker {hostname} was stopped at once (cold shutdown)")
+        moved = recovery.hand_back_held(hostname, why)
+        if moved:
+            log.warning("handed back %d run(s): %s", moved, why)
     except Exception:  # noqa: BLE001 - the database may be away: the leases expire and the sweep re-queues them
         log.exception("could not hand back the runs of %s", hostname)
 
