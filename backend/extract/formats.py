@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 

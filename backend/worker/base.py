@@ -46,31 +46,38 @@ HELD = (S.RUNNING, S.STALE, S.CANCELLING)  # the statuses in which a worker hold
 _hand_back_requested = threading.Event()
 
 
-_executing = threading.Event()  # this (pool) process is running a job now
-
-
 def request_hand_back(*_: object) -> None:
     """Ask the job running in this process (and any later one) to hand its run back to the queue."""
     _hand_back_requested.set()
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    if _executing.is_set():
-        request_hand_back()
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # idle: stop as before (the pool's own terminate)
-    os.kill(os.getpid(), signal.SIGTERM)
+    # The process goes on: the job hands its run back at its next check (an idle process hands back any job
+    # it still receives), and the process ends when its pool closes (warm) or is killed (cold, the grace).
+    request_hand_back()
 
 
 def install_hand_back_signal() -> None:
-    """In a pool process: SIGTERM asks the running job to hand its run back, instead of killing the process
-    (an idle pool process still ends).
+    """In a pool process (``worker_process_init``): SIGTERM no longer kills it; it asks the running job to hand
+    its run back.
 
     A worker stopped by SIGTERM to its whole process group (systemd's default) then shuts down warm: the
     main process stops taking work and waits (``CURATORE_SHUTDOWN_GRACE_SECONDS``) while the jobs hand their
     runs back; a job that has not stopped by then is handed back by the main process, which kills its
-    pool process (``backend.worker.celery_app``)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    pool process (``backend.worker.celery_app``). SIGTERM is ignored here, because billiard replaces any
+    handler but an ignored signal while it sets the process up; the first job installs the handler."""
+    global _pool_process
+    _pool_process = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_pool_process = False
+
+
+def _arm_hand_back() -> None:
+    if _pool_process and signal.getsignal(signal.SIGTERM) is not _on_sigterm \
+            and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class RunTask(Task):
@@ -295,11 +302,10 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     ctx = JobContext(run, job_type, settings, worker)
     beat = Heartbeat(ctx, settings.heartbeat_seconds, lease, settings.cancel_grace_seconds)
     beat.start()
-    _executing.set()
+    _arm_hand_back()
     try:
         return _run_executor(ctx)
     finally:
-        _executing.clear()
         ctx._finishing = True
         beat.stop()
         ctx._tracker.close()
