@@ -240,7 +240,8 @@ def transition(
     """Move a run to ``to`` if the table allows it from its current status.
 
     Returns the status it came from, or None when refused (a WARN line records
-    the refusal; nothing else changes). ``expect`` narrows the allowed sources.
+    the refusal; nothing else changes; a move to the status the run is already in
+    writes nothing at all). ``expect`` narrows the allowed sources.
     ``likely``: the status the caller expects the run to be in; the compare-and-set is tried from it first,
     without reading the status (when the run is in another status it matches nothing, and the status is
     read and decided as usual).
