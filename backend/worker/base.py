@@ -370,7 +370,10 @@ def _hand_back(ctx: JobContext, message: str) -> None:
     only; the dispatch pass after ``execute`` sends it to another worker."""
     if service.hand_back(ctx.run_id, ctx.dispatch_attempt, message):
         log.warning("run %s handed back to the queue: its worker %s is stopping", ctx.run_id, ctx.worker)
-    else:  # cancelled or ended meanwhile: its status says what happened
+    elif service.claim(ctx.run_id, S.CANCELLING, ctx.dispatch_attempt, S.CANCELLED, "Stopped at the cancel request "
+                       "(its worker is stopping)", context={"stage": "acknowledged"}):
+        log.info("run %s: cancelled while its worker stopped", ctx.run_id)
+    else:  # ended meanwhile: its status says what happened
         log.info("run %s was not handed back: it is no longer running here", ctx.run_id)
 
 
