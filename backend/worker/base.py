@@ -322,6 +322,7 @@ def _run_executor(ctx: JobContext) -> str:
         config = job_type.config_model.model_validate(ctx.run.config)
         returned = job_type.load_executor()(ctx, config)
         ctx._finishing = True
+        ctx.ensure_held()  # a process that froze past its lease and lost the run does not complete it
         ctx._flush()
         results = {**ctx.results, **(returned or {})}
         return _finish(ctx, results)
@@ -349,6 +350,8 @@ def _run_executor(ctx: JobContext) -> str:
         return "timed_out"
     except CuratoreError as exc:
         ctx._finishing = True
+        if not _still_held(ctx):
+            return "lost"
         _flush_quietly(ctx)
         ended = service.fail(rid, exc.message, results=ctx.results or None)
         _seal_after_early_end(ctx)
@@ -356,6 +359,9 @@ def _run_executor(ctx: JobContext) -> str:
         return "failed"
     except Exception as exc:
         ctx._finishing = True
+        if not _still_held(ctx):
+            log.warning("run %s: %s: %s, after this process lost the run", rid, type(exc).__name__, exc)
+            return "lost"
         _flush_quietly(ctx)
         log.exception("run %s failed", rid)
         ended = service.fail(rid, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
@@ -363,6 +369,17 @@ def _run_executor(ctx: JobContext) -> str:
         _seal_after_early_end(ctx)
         _auto_retry(ctx, ended)
         return "failed"
+
+
+def _still_held(ctx: JobContext) -> bool:
+    """Whether this process may still end the run (a frozen process that lost it must not)."""
+    try:
+        ctx.ensure_held()
+    except LeaseLost:
+        log.warning("run %s: this process no longer holds dispatch %s; its outcome is not recorded", ctx.run_id,
+                    ctx.dispatch_attempt)
+        return False
+    return True
 
 
 def _hand_back(ctx: JobContext, message: str) -> None:
