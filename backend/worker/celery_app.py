@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from billiard.process import active_children
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
@@ -97,6 +98,8 @@ def _hand_back_on_shutdown(sender: object = None, how: str = "Warm", **_: object
 
 def _pool_pids() -> list[int]:
     pool = getattr(getattr(_consumer, "pool", None), "_pool", None)
+    if pool is None:  # stopped before it was ready: the pool processes are this process's children
+        return [p.pid for p in active_children() if p.pid]
     return [p.pid for p in getattr(pool, "_pool", None) or () if p.pid]
 
 

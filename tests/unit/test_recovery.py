@@ -162,3 +162,32 @@ def test_a_stopping_worker_hands_back_its_runs(backend, org):  # type: ignore[no
 
 def _redeliveries_counted(run_id):  # type: ignore[no-untyped-def]
     return service.redeliveries(run_id)
+
+
+def test_a_job_that_lost_its_run_stops_at_its_next_check(backend, org):  # type: ignore[no-untyped-def]
+    import pytest
+
+    from backend.errors import JobHandedBack, LeaseLost
+    from backend.jobtypes.registry import get_registry
+    from backend.worker import base
+
+    run_id, first = _running(org)
+    old = base.JobContext(get_run(run_id), get_registry().resolve("extraction"), get_settings(), "w1")
+    old.check_cancelled()  # still its own
+    _lose(run_id)
+    assert service.mark_submitted(run_id, "task-2") == first + 1 and service.start(run_id, first + 1, "w2", 10)
+    old.ensure_held()  # within a lease of its last renewal it does not even look
+    old._held_at -= old._lease  # no renewal for a lease period (it was frozen): now it looks, and stops
+    with pytest.raises(LeaseLost):
+        old.ensure_held()
+    with pytest.raises(LeaseLost):
+        old.check_cancelled()
+    new = base.JobContext(get_run(run_id), get_registry().resolve("extraction"), get_settings(), "w2")
+    new.check_cancelled()
+    base.request_hand_back()  # its worker is stopping
+    try:
+        with pytest.raises(JobHandedBack):
+            new.check_cancelled()
+    finally:
+        base._hand_back_requested.clear()
+    assert RunStatus(get_run(run_id).status) is S.RUNNING  # checks write nothing
