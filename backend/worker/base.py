@@ -41,8 +41,8 @@ S = RunStatus
 
 HELD = (S.RUNNING, S.STALE, S.CANCELLING)  # the statuses in which a worker holds its run
 
-# Set in a pool process when its worker is stopping (SIGTERM: see ``install_hand_back_signal``): the job
-# hands its run back at its next ``check_cancelled()``.
+# Set in a pool process when its worker is stopping (see ``install_hand_back_signal``): the job hands its run
+# back at its next ``check_cancelled()``.
 _hand_back_requested = threading.Event()
 
 
@@ -51,33 +51,22 @@ def request_hand_back(*_: object) -> None:
     _hand_back_requested.set()
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    # The process goes on: the job hands its run back at its next check (an idle process hands back any job
-    # it still receives), and the process ends when its pool closes (warm) or is killed (cold, the grace).
-    request_hand_back()
-
-
 def install_hand_back_signal() -> None:
-    """In a pool process (``worker_process_init``): SIGTERM no longer kills it; it asks the running job to hand
-    its run back.
+    """In a pool process (``worker_process_init``): SIGTERM does not kill it (a warm shutdown, even when the
+    whole process group gets SIGTERM, as systemd sends it by default), and ``HAND_BACK_SIGNAL``, sent by the
+    main process when the worker is told to stop (``backend.worker.celery_app``), asks its job to hand its run
+    back at its next ``check_cancelled()``, and any job it still receives to go back unstarted.
 
-    A worker stopped by SIGTERM to its whole process group (systemd's default) then shuts down warm: the
-    main process stops taking work and waits (``CURATORE_SHUTDOWN_GRACE_SECONDS``) while the jobs hand their
-    runs back; a job that has not stopped by then is handed back by the main process, which kills its
-    pool process (``backend.worker.celery_app``). SIGTERM is ignored here, because billiard replaces any
-    handler but an ignored signal while it sets the process up; the first job installs the handler."""
-    global _pool_process
-    _pool_process = True
+    The main process waits (``CURATORE_SHUTDOWN_GRACE_SECONDS``) while the jobs hand their runs back; a job
+    that has not stopped by then is handed back by the main process, which kills its pool process. billiard
+    resets SIGTERM's handler after this runs unless it is ignored."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(HAND_BACK_SIGNAL, request_hand_back)
 
 
-_pool_process = False
-
-
-def _arm_hand_back() -> None:
-    if _pool_process and signal.getsignal(signal.SIGTERM) is not _on_sigterm \
-            and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+# A real-time signal: nothing else sends it, and billiard, which replaces the handlers of the usual signals
+# (SIGUSR1/2 included) when it sets a pool process up, leaves it alone.
+HAND_BACK_SIGNAL = signal.SIGRTMIN + 2 if hasattr(signal, "SIGRTMIN") else signal.SIGURG
 
 
 class RunTask(Task):
@@ -291,10 +280,11 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
     worker = worker or socket.gethostname()
     if _hand_back_requested.is_set():  # this worker is stopping: the run goes to another one, unstarted
+        # (no dispatch pass from here: it could send the run straight back to this worker, still consuming;
+        # the other nodes' housekeeping dispatches it within CURATORE_SWEEP_SECONDS)
         service.claim(rid, S.SUBMITTED, dispatch_attempt, S.PENDING, f"Its worker {worker} is stopping; back to "
                       "the queue before it started", event_type=service.HANDED_BACK,
                       values={"celery_task_id": None, "worker_hostname": None})
-        kick(job_type.queue)
         return "handed_back"
     run = service.start_and_load(rid, dispatch_attempt, worker, lease)
     if run is None:
@@ -302,7 +292,6 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     ctx = JobContext(run, job_type, settings, worker)
     beat = Heartbeat(ctx, settings.heartbeat_seconds, lease, settings.cancel_grace_seconds)
     beat.start()
-    _arm_hand_back()
     try:
         return _run_executor(ctx)
     finally:

@@ -26,7 +26,7 @@ from backend.queues import celery_link, workers
 from backend.queues.workers import NodeHeartbeat
 from backend.runs import recovery
 from backend.worker import schedule_task
-from backend.worker.base import RunTask, execute, install_hand_back_signal
+from backend.worker.base import HAND_BACK_SIGNAL, RunTask, execute, install_hand_back_signal
 
 log = logging.getLogger(__name__)
 celery_app = celery_link.celery_app
@@ -62,7 +62,7 @@ def _run_task(task: RunTask, run_id: str, dispatch_attempt: int) -> str:
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: object) -> None:
     dispose_engines()
-    install_hand_back_signal()  # SIGTERM to a pool process: hand its run back (a warm shutdown, not a crash)
+    install_hand_back_signal()  # SIGTERM to the group is a warm shutdown; HAND_BACK_SIGNAL from us: hand back
 
 
 _node_heartbeat: NodeHeartbeat | None = None
@@ -84,7 +84,7 @@ def _start_node_heartbeat(sender: object = None, **_: object) -> None:
 @worker_shutting_down.connect
 def _hand_back_on_shutdown(sender: object = None, how: str = "Warm", **_: object) -> None:
     """The worker was told to stop (SIGTERM, Ctrl-C, ``curatore dev`` stopping): in its main process, ask every
-    pool process to hand its run back at its next ``check_cancelled()`` (SIGTERM, see
+    pool process to hand its run back at its next ``check_cancelled()`` (``HAND_BACK_SIGNAL``, see
     ``backend.worker.base.install_hand_back_signal``), then hand back what is left after the grace. A cold
     shutdown (SIGQUIT) ends the pool processes at once and hands their runs back."""
     global _hand_back
@@ -107,7 +107,7 @@ def _hand_back_runs(hostname: str, pids: list[int], grace: float) -> None:
     try:
         if grace > 0:
             for pid in pids:
-                _signal(pid, signal.SIGTERM)
+                _signal(pid, HAND_BACK_SIGNAL)
             deadline = time.monotonic() + grace
             pause = threading.Event()
             while recovery.held_by(hostname) and time.monotonic() < deadline:

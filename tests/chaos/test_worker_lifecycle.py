@@ -423,3 +423,54 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+# --------------------------------------------------------------------------- curatore dev, stopped and started
+
+
+def _start_dev(backend: Backend, port: int, log: Path) -> subprocess.Popen[bytes]:
+    import sys
+
+    env = {**os.environ, **backend.env, **ALLOW_PRIVATE, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "backend.cli", "dev", "--no-ui", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.timeout(240)
+def test_curatore_dev_stopped_with_ctrl_c_hands_back_and_completes_after_the_restart(
+        sqlite_backend: Backend, site: Site, tmp_path: Path) -> None:
+    from backend.auth.orgs import ensure_org
+    from backend.queues.dispatch import submit_run
+    from tests.processes import free_port, stop_group
+
+    org = ensure_org("dev-restart", "Dev restart")
+    gate = site.hold("/p5")
+    port, log = free_port(), tmp_path / "dev.log"
+    dev = _start_dev(sqlite_backend, port, log)
+    try:
+        wait_for(lambda: " ready." in log.read_text(errors="replace"), 120, what="curatore dev's worker to be ready")
+        run = submit_run("scrape", {"start_url": site.url + "/", "max_depth": 1}, organization_id=org.id)
+        wait_for(lambda: site.blocked("/p5"), 60, what="the crawl to reach /p5")
+        os.kill(dev.pid, signal.SIGINT)  # Ctrl-C
+        wait_for(lambda: "Warm shutdown" in log.read_text(errors="replace"), 30, what="the worker to stop warm")
+        gate.set()
+        assert dev.wait(timeout=60) == 0, log.read_text(errors="replace")[-3000:]
+        stopped = _row(run.id)
+        # handed back: pending, or already queued again (its message waits in the broker for the next worker)
+        assert RunStatus(stopped.status) in (S.PENDING, S.SUBMITTED), (stopped.status,
+                                                                       [e.message for e in _events(run.id)])
+        assert _events(run.id, "handed_back")
+
+        dev = _start_dev(sqlite_backend, port, log)
+        done = _ended(run.id)
+    finally:
+        gate.set()
+        stop_group(dev, signal.SIGTERM, 15)
+
+    assert RunStatus(done.status) is S.COMPLETED, done.error_message
+    assert len(_events(run.id, "complete")) == 1
+    assert not _events(run.id, "stale", "redelivered", "transition_refused", "timed_out")
+    assert "WorkerLostError" not in log.read_text(errors="replace")
+    urls = [x.external_id for x in _live_assets(f"scrape-{run.id}")]
+    assert len(urls) == len(set(urls)) == PAGES + 1
