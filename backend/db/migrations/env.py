@@ -6,8 +6,8 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import backend.db.models  # noqa: F401  (registers the tables)
-from backend.config import get_settings
 from backend.db.engine import make_engine
+from backend.config import get_settings
 
 config = context.config
 target_metadata = SQLModel.metadata
