@@ -1,7 +1,7 @@
 """Worker lifecycle faults that must lose nothing (issue 18): a stopping worker hands its runs back, a killed
 worker's runs come back under their own delivery budget, and a frozen process that lost its lease stops.
 
-- SIGTERM to worker A's whole process group (what systemd and ``curatore dev`` do) while a scrape (against a
+- SIGTERM to worker A's whole process group (what systemd does by default) while a scrape (against a
   local site) and a SharePoint sync (against the Graph stand-in) run on it: the pool process does not die of
   it (a warm shutdown), the job hands its run back at its next check and worker B, already up, continues it
   long before any lease could have expired; the run completes once and each page or file is kept once.
@@ -11,6 +11,8 @@ worker's runs come back under their own delivery budget, and a frozen process th
   says "Refused to move from running to running".
 - SIGSTOP of the pool process running a scrape, past its lease, then SIGCONT after the run was re-queued and
   started elsewhere: the old process sends no other request to the site.
+- ``curatore dev`` stopped with Ctrl-C mid-scrape and started again: the run was handed back and completes.
+- A job that never checks: after the grace the main process hands its run back and ends its pool process.
 """
 
 from __future__ import annotations
@@ -474,3 +476,37 @@ def test_curatore_dev_stopped_with_ctrl_c_hands_back_and_completes_after_the_res
     assert "WorkerLostError" not in log.read_text(errors="replace")
     urls = [x.external_id for x in _live_assets(f"scrape-{run.id}")]
     assert len(urls) == len(set(urls)) == PAGES + 1
+
+
+@pytest.mark.timeout(120)
+def test_a_job_that_does_not_stop_within_the_grace_is_handed_back_by_the_main_process(sqlite_backend: Backend,
+                                                                                      tmp_path: Path) -> None:
+    """``q_busy`` never calls ``check_cancelled()``: after ``CURATORE_SHUTDOWN_GRACE_SECONDS`` the worker's main
+    process hands its run back and ends its pool process; nothing writes after that."""
+    from backend.auth.orgs import ensure_org
+    from backend.queues.dispatch import submit_run
+
+    sqlite_backend.extend({"CURATORE_JOB_MODULES": '["tests.jobs_for_queues"]', "PYTHONPATH": str(ROOT),
+                           "CURATORE_SHUTDOWN_GRACE_SECONDS": "1"})
+    org = ensure_org("grace", "Grace")
+    out = tmp_path / "side-effects.txt"
+    lines = lambda: len(out.read_text().splitlines()) if out.exists() else 0  # noqa: E731
+    w = WorkerProcess(sqlite_backend, tmp_path / "w.log", concurrency=1, queues="default")
+    try:
+        w.wait_ready()
+        run = submit_run("q_busy", {"out": str(out), "seconds": 60}, organization_id=org.id)
+        wait_for(lambda: lines() > 5, 60, what="the job to write")
+        pool = _pool(w)
+        os.killpg(w.proc.pid, signal.SIGTERM)
+        assert w.proc.wait(timeout=60) == 0, w.output()[-3000:]
+        stopped = _row(run.id)
+        settled = lines()
+    finally:
+        w.stop()
+    assert RunStatus(stopped.status) in (S.PENDING, S.SUBMITTED), stopped.status  # back in the queue
+    (line,) = _events(run.id, "handed_back")
+    assert "had not stopped within the 1 s grace" in line.message and _node(w) in line.message
+    assert not _events(run.id, "stale", "redelivered")
+    # the process that wrote was ended before the worker exited (it ignores SIGTERM: it is not left behind)
+    assert pool and not any(_alive(pid) for pid in pool)
+    assert lines() == settled
