@@ -364,6 +364,12 @@ def start_and_load(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_
                 f"Ignored a delivery for dispatch {dispatch_attempt}; the current one is {current}", {"worker": worker},
             )
             return None
+        status = _status_in(s, run_id)
+        if status is not S.SUBMITTED:  # the broker delivered it again (its worker process died, say)
+            _add_log(s, run_id, LogLevel.WARN, "duplicate_delivery",
+                     f"Ignored a repeated delivery of dispatch {dispatch_attempt}: the run is already {status.value}",
+                     {"worker": worker, "status": status.value})
+            return None
         if transition(s, run_id, S.RUNNING, f"Started on {worker}", values=values, expect={S.SUBMITTED}) is None:
             return None
         return s.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()

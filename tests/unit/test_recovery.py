@@ -191,3 +191,16 @@ def test_a_job_that_lost_its_run_stops_at_its_next_check(backend, org):  # type:
     finally:
         base._hand_back_requested.clear()
     assert RunStatus(get_run(run_id).status) is S.RUNNING  # checks write nothing
+
+
+def test_a_repeated_delivery_is_ignored_and_says_so(backend, org):  # type: ignore[no-untyped-def]
+    """The broker delivers a message again after its worker process died: no "Refused to move from running to
+    running" (or stale to running), one line that says what happened."""
+    run_id, attempt = _running(org)
+    assert not service.start(run_id, attempt, "w2", 10)
+    assert service.mark_stale(run_id, "no heartbeat")
+    assert not service.start(run_id, attempt, "w2", 10)
+    assert not _events(run_id, "transition_refused")
+    assert [e.message for e in _events(run_id, "duplicate_delivery")] == [
+        f"Ignored a repeated delivery of dispatch {attempt}: the run is already running",
+        f"Ignored a repeated delivery of dispatch {attempt}: the run is already stale"]

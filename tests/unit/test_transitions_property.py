@@ -181,8 +181,10 @@ class RunMachine(RuleBasedStateMachine):
     def start(self, i: int, delta: int) -> None:
         run_id, cur = self.pick(i)
         attempt = self.model[run_id][1] + delta
-        if delta:
-            want = Expect(cur, [], ["duplicate_delivery"])  # a stale delivery: logged, no outbox row, no change
+        if delta or cur is not S.SUBMITTED:
+            # a stale or repeated delivery: logged, no outbox row, no change (a repeated one used to be a
+            # "Refused to move from … to running" line; issue 18 item 9)
+            want = Expect(cur, [], ["duplicate_delivery"])
         else:
             want = attempt_change(cur, S.RUNNING, {S.SUBMITTED})
         got = service.start(run_id, attempt, "worker-1", LEASE)
