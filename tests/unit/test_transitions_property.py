@@ -19,14 +19,21 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import func, select
 
 from backend.db.engine import in_transaction
 from backend.db.models import OutboxEvent, Run, RunLogEvent
+from backend.db.states import EVENT_TYPES, TERMINAL, LogLevel, RunStatus, allowed
 from backend.errors import InvalidTransition
 from backend.runs import service
-from backend.db.states import EVENT_TYPES, TERMINAL, LogLevel, RunStatus, allowed
 
 S = RunStatus
 MAX_RUNS = 4
