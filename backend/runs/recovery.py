@@ -127,9 +127,11 @@ def _loss_cause(worker: str | None, silent: int, lease: Any) -> str:
 
 
 def held_by(worker: str) -> list[Any]:
-    """The runs a worker node holds (running, stale or cancelling on it): ``(id, dispatch_attempt, status)``."""
+    """The runs a worker node holds (running, stale or cancelling on it, with a lease: a sealed group parent
+    waiting for its children holds none, and no process): ``(id, dispatch_attempt, status)``."""
     stmt = select(Run.id, Run.dispatch_attempt, Run.status).where(
-        Run.worker_hostname == worker, Run.status.in_((S.RUNNING, S.STALE, S.CANCELLING)))
+        Run.worker_hostname == worker, Run.status.in_((S.RUNNING, S.STALE, S.CANCELLING)),
+        Run.lease_expires_at.is_not(None))
     return list(in_transaction(lambda s: s.execute(stmt).all(), read_only=True))
 
 

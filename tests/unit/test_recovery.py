@@ -204,3 +204,13 @@ def test_a_repeated_delivery_is_ignored_and_says_so(backend, org):  # type: igno
     assert [e.message for e in _events(run_id, "duplicate_delivery")] == [
         f"Ignored a repeated delivery of dispatch {attempt}: the run is already running",
         f"Ignored a repeated delivery of dispatch {attempt}: the run is already stale"]
+
+
+def test_a_stopping_worker_leaves_its_sealed_group_parents_alone(backend, org):  # type: ignore[no-untyped-def]
+    """A group parent that spawned everything holds no lease and no process: it ends with its children,
+    not by a hand-back (which would run it again)."""
+    parent, _ = _running(org, "stopping@host")
+    _age(parent, lease_expires_at=None, is_group_parent=True)
+    assert recovery.held_by("stopping@host") == []
+    assert recovery.hand_back_held("stopping@host", "its worker stopped") == 0
+    assert RunStatus(get_run(parent).status) is S.RUNNING
