@@ -139,7 +139,11 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, name: str
 
 def _worker_argv(queues: str | None, concurrency: int | None, loglevel: str, name: str | None) -> list[str]:
 
-    argv = ["worker", "--loglevel", loglevel, "-Q", queues or ",".join(get_registry().celery_queues())]
+    # No gossip or mingle: workers know of each other through the database (worker_heartbeats), and Celery's
+    # gossip channel, closed on a dead Redis connection, logged an AttributeError traceback on every outage
+    # (celery 5.7: ConsumerStep._close hands kombu's ignore_errors the consumer's connection, already None).
+    argv = ["worker", "--loglevel", loglevel, "-Q", queues or ",".join(get_registry().celery_queues()),
+            "--without-gossip", "--without-mingle"]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     if name:

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     lease_seconds: float = 30.0
     # How long a cooperative cancel may take before the run's process is killed.
     cancel_grace_seconds: float = 10.0
+    # Worker loss is not a job failure: a run whose lease expired (its worker vanished) is re-dispatched up to
+    # this many times, apart from its type's retry_policy.max_attempts; past it, the run ends timed_out.
+    max_redeliveries: int = Field(default=3, ge=0)
+    # A worker told to stop asks its running jobs to hand their runs back at their next check_cancelled();
+    # the ones still running this long after are handed back by its main process, and their processes killed.
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     # A submitted run that no worker started within this time goes back to the queue.
     start_timeout_seconds: float = 300.0
     # A submitted run whose task no live worker holds, this long after it was sent while a worker of its queue

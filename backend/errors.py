@@ -115,6 +115,18 @@ class JobCancelled(CuratoreError):
     code = "cancelled"
 
 
+class JobHandedBack(JobCancelled):
+    """Its worker is stopping: the run goes back to the queue for another worker (not cancelled)."""
+
+    code = "handed_back"
+
+
+class LeaseLost(JobCancelled):
+    """This process no longer holds the run's current dispatch (it was re-queued or ended elsewhere)."""
+
+    code = "lease_lost"
+
+
 class UnsupportedFile(JobFailed):
     """The file's format is not supported or its content does not match its name."""
 

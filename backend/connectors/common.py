@@ -85,6 +85,7 @@ class RunHttpClient(HttpClient):
 
     def __init__(self, ctx: RunContext, base_url: str, label: str, *, secrets: Iterable[str | None] = (),
                  connection: Connection | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("before_send", getattr(ctx, "ensure_held", None))  # a run that lost its worker's lease
         super().__init__(base_url, on_retry=self._retrying, **kwargs)
         self.ctx, self.label, self.connection, self.base_url = ctx, label, connection, base_url
         self.secrets = [s for s in (*secrets, connection.secret if connection else None) if s]

@@ -174,6 +174,7 @@ class HttpClient:
         backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 30.0,
         on_retry: Callable[[str, int, float], None] | None = None,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         # No redirects followed here (callers follow them through ``request``, so each hop is checked)
         # and no proxy or .netrc from the environment (trust_env=False).
@@ -183,6 +184,9 @@ class HttpClient:
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.on_retry = on_retry  # (reason, attempt, delay) -> None, e.g. a log line on the run
+        # Called before every request goes out (each retry too); a run's client passes the job's ownership
+        # check there (``JobContext.ensure_held``), so a process that lost its run sends nothing more.
+        self.before_send = before_send
 
     def request(self, method: str, url: str, *, max_bytes: int | None = None, **kwargs: Any) -> httpx.Response:
         """Send with retries; the body is read (at most ``max_bytes``, else ``CURATORE_FETCH_MAX_BYTES``)
@@ -192,6 +196,8 @@ class HttpClient:
         limit = max_bytes or get_settings().fetch_max_bytes
         for attempt in range(1, self.max_attempts + 1):
             delay = min(self.backoff_seconds * 2 ** (attempt - 1), self.max_backoff_seconds)
+            if self.before_send is not None:
+                self.before_send()
             try:
                 response = self._send(method, url, f"{method} {full}", limit, **kwargs)
             except (httpx.TransportError, httpx.TimeoutException) as exc:

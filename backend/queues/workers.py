@@ -97,7 +97,7 @@ class NodeHeartbeat(threading.Thread):
 
     def run(self) -> None:
         settings = get_settings()
-        interval = min(BEAT_SECONDS, settings.sweep_seconds)
+        interval = min(BEAT_SECONDS, settings.sweep_seconds, settings.heartbeat_seconds)
         lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
         last_ok = judge_after = time.monotonic()
         while True:

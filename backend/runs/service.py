@@ -241,7 +241,8 @@ def transition(
     """Move a run to ``to`` if the table allows it from its current status.
 
     Returns the status it came from, or None when refused (a WARN line records
-    the refusal; nothing else changes). ``expect`` narrows the allowed sources.
+    the refusal; nothing else changes; a move to the status the run is already in
+    writes nothing at all). ``expect`` narrows the allowed sources.
     ``likely``: the status the caller expects the run to be in; the compare-and-set is tried from it first,
     without reading the status (when the run is in another status it matches nothing, and the status is
     read and decided as usual).
@@ -300,6 +301,9 @@ def _move(
 
 
 def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: str) -> None:
+    if current is to:  # already there (a second sweep, a redelivery): nothing happened, nothing to say
+        log.debug("run %s is already %s", run_id, to.value)
+        return
     log.info("refused transition of run %s: %s -> %s", run_id, current.value, to.value)
     _record(session, run_id, LogLevel.WARN, "transition_refused",
             f"Refused to move from {current.value} to {to.value}: {message}", {"from": current.value, "to": to.value},
@@ -361,6 +365,12 @@ def start_and_load(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_
                 f"Ignored a delivery for dispatch {dispatch_attempt}; the current one is {current}", {"worker": worker},
             )
             return None
+        status = _status_in(s, run_id)
+        if status is not S.SUBMITTED:  # the broker delivered it again (its worker process died, say)
+            _add_log(s, run_id, LogLevel.WARN, "duplicate_delivery",
+                     f"Ignored a repeated delivery of dispatch {dispatch_attempt}: the run is already {status.value}",
+                     {"worker": worker, "status": status.value})
+            return None
         if transition(s, run_id, S.RUNNING, f"Started on {worker}", values=values, expect={S.SUBMITTED}) is None:
             return None
         return s.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()
@@ -379,6 +389,49 @@ def set_priority(run_id: uuid.UUID, priority: int, by: str, session: Session | N
         return priority
 
     return in_transaction(write, session)
+
+
+def claim(run_id: uuid.UUID, observed: RunStatus, dispatch_attempt: int, to: RunStatus, message: str, *,
+          level: LogLevel = LogLevel.WARN, event_type: str | None = None, context: dict[str, Any] | None = None,
+          values: dict[str, Any] | None = None, also: Any = None, session: Session | None = None) -> bool:
+    """``observed`` → ``to``, only while the run is still ``observed`` for dispatch ``dispatch_attempt`` (and
+    ``also``, an extra condition, holds): what recovery decided from a read is applied at most once, by one
+    node. A run someone else moved meanwhile (another sweep, a heartbeat, a new dispatch) is left alone, and
+    nothing is written: that is not a refusal, the run was taken care of."""
+    if not allowed(observed, to):
+        raise InvalidTransition(f"No transition from {observed.value} to {to.value}.")
+    guard = Run.dispatch_attempt == dispatch_attempt
+    if also is not None:
+        guard = guard & also
+    return in_transaction(lambda s: _move(s, run_id, observed, to, message, level=level, event_type=event_type,
+                                          context=context, values=values, guard=guard) is not None, session)
+
+
+HANDED_BACK = "handed_back"  # the log event of a run its stopping worker gave back to the queue
+REDELIVERED = "redelivered"  # the log event of a run re-queued after its worker was lost (counted: the budget)
+_UNASSIGNED = {"celery_task_id": None, "worker_hostname": None}
+
+
+def hand_back(run_id: uuid.UUID, dispatch_attempt: int, message: str, session: Session | None = None) -> bool:
+    """Running (or stale) → pending, for dispatch ``dispatch_attempt`` only: its worker is stopping, and
+    another worker (or this one, restarted) continues the run without waiting for its lease. This is not
+    a worker loss: it does not count against the redelivery budget."""
+
+    def write(s: Session) -> bool:
+        for observed in (S.RUNNING, S.STALE):
+            if _move(s, run_id, observed, S.PENDING, message, level=LogLevel.WARN, event_type=HANDED_BACK,
+                     values=_UNASSIGNED, guard=Run.dispatch_attempt == dispatch_attempt) is not None:
+                return True
+        return False
+
+    return in_transaction(write, session)
+
+
+def redeliveries(run_id: uuid.UUID, session: Session | None = None) -> int:
+    """How many times the run was re-queued after losing its worker (its ``redelivered`` log lines)."""
+    stmt = select(func.count()).select_from(RunLogEvent).where(RunLogEvent.run_id == run_id,
+                                                               RunLogEvent.event_type == REDELIVERED)
+    return int(in_transaction(lambda s: s.execute(stmt).scalar_one(), session, read_only=True))
 
 
 def mark_stale(run_id: uuid.UUID, message: str) -> bool:
@@ -537,16 +590,28 @@ def heartbeat(run_id: uuid.UUID, lease_seconds: float) -> RunStatus:
     Only a run a worker holds (running, cancelling, stale) has a lease: a late beat
     after the run ended or was re-queued must not lease it again.
     """
+    return renew_lease(run_id, lease_seconds)[0]
 
-    def write(s: Session) -> RunStatus:
+
+def renew_lease(run_id: uuid.UUID, lease_seconds: float, dispatch_attempt: int | None = None) -> tuple[RunStatus, bool]:
+    """The heartbeat of the process running dispatch ``dispatch_attempt`` (any, when None): renew the lease
+    while that dispatch is still the run's current one. Returns the run's status and whether the caller still
+    holds the run (its dispatch is current and the run running, cancelling or stale): the lease is ownership,
+    and a process that lost it must stop before its next unit of work."""
+    held_statuses = [S.RUNNING, S.CANCELLING, S.STALE]
+
+    def write(s: Session) -> tuple[RunStatus, bool]:
         now = utcnow()
-        s.execute(
+        mine = [Run.dispatch_attempt == dispatch_attempt] if dispatch_attempt is not None else []
+        held = s.execute(
             update(Run)
-            .where(Run.id == run_id, Run.status.in_([S.RUNNING, S.CANCELLING, S.STALE]))
+            .where(Run.id == run_id, Run.status.in_(held_statuses), *mine)
             .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
-        )
-        _revive_if_stale(s, run_id)
-        return _status_in(s, run_id)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if held:
+            _revive_if_stale(s, run_id)
+        return _status_in(s, run_id), bool(held)
 
     return in_transaction(write)
 

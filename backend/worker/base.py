@@ -22,12 +22,13 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Task
 from celery.exceptions import Reject
+from sqlalchemy import select
 
 from backend.config import Settings, get_settings
 from backend.db.engine import in_transaction, patience
 from backend.db.models import Asset, Run
 from backend.db.states import LogLevel, RunStatus
-from backend.errors import CuratoreError, DatabaseUnavailable, JobCancelled, NotFound
+from backend.errors import CuratoreError, DatabaseUnavailable, JobCancelled, JobHandedBack, LeaseLost, NotFound
 from backend.jobtypes.registry import JobType, get_registry
 from backend.queues import dispatcher
 from backend.queues.dispatch import dispatch_after_commit, schedule_retry
@@ -37,6 +38,36 @@ from backend.runs.progress import ProgressTracker
 
 log = logging.getLogger(__name__)
 S = RunStatus
+
+
+HELD = (S.RUNNING, S.STALE, S.CANCELLING)  # the statuses in which a worker holds its run
+
+# Set in a pool process when its worker is stopping (see ``install_hand_back_signal``): the job hands its run
+# back at its next ``check_cancelled()``.
+_hand_back_requested = threading.Event()
+
+
+def request_hand_back(*_: object) -> None:
+    """Ask the job running in this process (and any later one) to hand its run back to the queue."""
+    _hand_back_requested.set()
+
+
+def install_hand_back_signal() -> None:
+    """In a pool process (``worker_process_init``): SIGTERM does not kill it (a warm shutdown, even when the
+    whole process group gets SIGTERM, as systemd sends it by default), and ``HAND_BACK_SIGNAL``, sent by the
+    main process when the worker is told to stop (``backend.worker.celery_app``), asks its job to hand its run
+    back at its next ``check_cancelled()``, and any job it still receives to go back unstarted.
+
+    The main process waits (``CURATORE_SHUTDOWN_GRACE_SECONDS``) while the jobs hand their runs back; a job
+    that has not stopped by then is handed back by the main process, which kills its pool process. billiard
+    resets SIGTERM's handler after this runs unless it is ignored."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(HAND_BACK_SIGNAL, request_hand_back)
+
+
+# A real-time signal: nothing else sends it, and billiard, which replaces the handlers of the usual signals
+# (SIGUSR1/2 included) when it sets a pool process up, leaves it alone.
+HAND_BACK_SIGNAL = signal.SIGRTMIN + 2 if hasattr(signal, "SIGRTMIN") else signal.SIGURG
 
 
 class RunTask(Task):
@@ -51,9 +82,14 @@ class RunTask(Task):
 class JobContext:
     """What an executor gets: progress, log, cancellation checks, children, assets."""
 
-    def __init__(self, run: Run, job_type: JobType, settings: Settings) -> None:
+    def __init__(self, run: Run, job_type: JobType, settings: Settings, worker: str = "") -> None:
         self.run = run
         self.run_id: uuid.UUID = run.id
+        self.dispatch_attempt: int = run.dispatch_attempt  # the dispatch this process holds (its lease)
+        self.worker = worker
+        self._lost = threading.Event()  # the run's current dispatch is no longer this process's
+        self._held_at = time.monotonic()  # when this process last knew it held the run (start, a renewal)
+        self._lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
         self.organization_id: uuid.UUID = run.organization_id
         self.job_type = job_type
         self.settings = settings
@@ -92,26 +128,54 @@ class JobContext:
     def warn(self, message: str, event_type: str = "warning", **context: Any) -> None:
         self.log(LogLevel.WARN, event_type, message, **context)
 
-    # cancellation -------------------------------------------------------------------
+    # cancellation, hand-back and ownership ----------------------------------------------
     def check_cancelled(self, *, every: float = 0.0) -> None:
-        """Raise :class:`JobCancelled` if a cancel was requested. Call it between units of work.
+        """Stop here if the run should not go on. Call it between units of work.
 
-        Between many small units (pages, rows), ``every`` reads the run's status at most once per that
-        many seconds; a cancel the heartbeat has already seen still counts at once.
+        Raises :class:`JobCancelled` if a cancel was requested; :class:`LeaseLost` if this process no longer
+        holds the run's current dispatch (it was re-queued after this process froze, or ended elsewhere):
+        then nothing more is written to the run; :class:`JobHandedBack` if this worker is stopping: the run
+        goes back to the queue for another worker (see ``install_hand_back_signal``).
+        Between many small units (pages, rows), ``every`` reads the run at most once per that many seconds;
+        what the heartbeat has already seen, and a hand-back request, count at once.
         """
-        if not self._cancel_seen.is_set():
+        hand_back = _hand_back_requested.is_set()
+        if not (self._cancel_seen.is_set() or self._lost.is_set()):
             now = time.monotonic()
-            if every > 0 and now - self._cancel_checked_at < every:
-                return
-            self._cancel_checked_at = now
-            try:
-                status = in_transaction(lambda s: s.get(Run, self.run_id).status, read_only=True)
-            except DatabaseUnavailable:  # away for a moment (a restart): the heartbeat passes a cancel on later
-                status = None
-            if status in (S.CANCELLING, S.CANCELLED):
-                self._cancel_seen.set()
+            if hand_back or every <= 0 or now - self._cancel_checked_at >= every:
+                self._cancel_checked_at = now
+                self._read_ownership()
         if self._cancel_seen.is_set():
             raise JobCancelled("Stopped at the cancel request")
+        if self._lost.is_set():
+            raise LeaseLost(f"This process no longer holds dispatch {self.dispatch_attempt} of the run")
+        if hand_back:
+            raise JobHandedBack(f"Its worker{f' {self.worker}' if self.worker else ''} is stopping")
+
+    def ensure_held(self) -> None:
+        """Raise :class:`LeaseLost` if this process may have lost the run: called before each request a job
+        sends. It reads the run only when no heartbeat renewed the lease for a lease period (the process was
+        frozen, or the database away): before that, no sweep can have re-queued the run."""
+        if not self._lost.is_set() and time.monotonic() - self._held_at >= self._lease:
+            self._read_ownership()
+        if self._lost.is_set():
+            raise LeaseLost(f"This process no longer holds dispatch {self.dispatch_attempt} of the run")
+
+    def _read_ownership(self) -> None:
+        try:
+            status, attempt = in_transaction(
+                lambda s: s.execute(select(Run.status, Run.dispatch_attempt).where(Run.id == self.run_id)).one(),
+                read_only=True)
+        except DatabaseUnavailable:  # away for a moment (a restart): the heartbeat passes a change on later
+            return
+        self._saw(RunStatus(status), attempt == self.dispatch_attempt)
+
+    def _saw(self, status: RunStatus, held: bool) -> None:
+        """What a read of the run (or a heartbeat) found: the lease still ours, a cancel, or the run lost."""
+        if not held or status not in (*HELD, S.CANCELLED):
+            self._lost.set()
+        elif status in (S.CANCELLING, S.CANCELLED):
+            self._cancel_seen.set()
 
     # children -----------------------------------------------------------------------
     def use_group(self, hook: str, hook_config: dict[str, Any]) -> None:
@@ -191,17 +255,26 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             try:
-                status = service.heartbeat(self.ctx.run_id, self.lease)
-                self.ctx._flush()
+                status, held = service.renew_lease(self.ctx.run_id, self.lease, self.ctx.dispatch_attempt)
+                if held:
+                    self.ctx._held_at = time.monotonic()
+                    self.ctx._flush()
             except Exception as exc:  # the database may be briefly away; the lease tells the sweeper
                 log.warning("heartbeat for run %s failed: %s", self.ctx.run_id, exc)
                 continue
             if self._stop_event.is_set() or self.ctx._finishing:
                 return
-            self._enforce(status)
+            self._enforce(status, held)
 
-    def _enforce(self, status: RunStatus) -> None:
-        if status is S.CANCELLING:
+    def _enforce(self, status: RunStatus, held: bool = True) -> None:
+        if not held:
+            # The lease is ownership: the run was re-queued (this process froze past its lease, say) or
+            # ended; another process may be running it now. Stop before the next unit of work.
+            self.ctx._lost.set()
+            log.warning("run %s: this process no longer holds dispatch %s (the run is %s); stopping its process",
+                        self.ctx.run_id, self.ctx.dispatch_attempt, status.value)
+            self._kill()
+        elif status is S.CANCELLING:
             self.ctx._cancel_seen.set()
             now = time.monotonic()
             self._cancel_seen_at = self._cancel_seen_at or now
@@ -228,10 +301,18 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     job_type = get_registry().resolve(job_key)
     rid = uuid.UUID(run_id)
     lease = max(settings.lease_seconds, settings.heartbeat_seconds * 2)
-    run = _start(rid, dispatch_attempt, worker or socket.gethostname(), lease)
+    worker = worker or socket.gethostname()
+    if _hand_back_requested.is_set():  # this worker is stopping: the run goes to another one, unstarted
+        # (no dispatch pass from here: it could send the run straight back to this worker, still consuming;
+        # the other nodes' housekeeping dispatches it within CURATORE_SWEEP_SECONDS)
+        service.claim(rid, S.SUBMITTED, dispatch_attempt, S.PENDING, f"Its worker {worker} is stopping; back to "
+                      "the queue before it started", event_type=service.HANDED_BACK,
+                      values={"celery_task_id": None, "worker_hostname": None})
+        return "handed_back"
+    run = _start(rid, dispatch_attempt, worker, lease)
     if run is None:
         return "skipped"
-    ctx = JobContext(run, job_type, settings)
+    ctx = JobContext(run, job_type, settings, worker)
     beat = Heartbeat(ctx, settings.heartbeat_seconds, lease, settings.cancel_grace_seconds)
     beat.start()
     try:
@@ -266,9 +347,20 @@ def _run_executor(ctx: JobContext) -> str:
         config = job_type.config_model.model_validate(ctx.run.config)
         returned = job_type.load_executor()(ctx, config)
         ctx._finishing = True
+        ctx.ensure_held()  # a process that froze past its lease and lost the run does not complete it
         ctx._flush()
         results = {**ctx.results, **(returned or {})}
         return _finish(ctx, results)
+    except LeaseLost as exc:
+        ctx._finishing = True  # the run is someone else's now: nothing more is written to it
+        log.warning("run %s: %s; stopped without writing to it", rid, exc.message)
+        return "lost"
+    except JobHandedBack as exc:
+        ctx._finishing = True
+        _flush_quietly(ctx)
+        _hand_back(ctx, f"{exc.message}: handed back to the queue at a check between units of work; "
+                        "another worker continues it")
+        return "handed_back"
     except JobCancelled as exc:
         ctx._finishing = True
         ctx._flush()
@@ -283,6 +375,8 @@ def _run_executor(ctx: JobContext) -> str:
         return "timed_out"
     except CuratoreError as exc:
         ctx._finishing = True
+        if not _still_held(ctx):
+            return "lost"
         _flush_quietly(ctx)
         ended = service.fail(rid, exc.message, results=ctx.results or None)
         _seal_after_early_end(ctx)
@@ -290,6 +384,9 @@ def _run_executor(ctx: JobContext) -> str:
         return "failed"
     except Exception as exc:
         ctx._finishing = True
+        if not _still_held(ctx):
+            log.warning("run %s: %s: %s, after this process lost the run", rid, type(exc).__name__, exc)
+            return "lost"
         _flush_quietly(ctx)
         log.exception("run %s failed", rid)
         ended = service.fail(rid, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
@@ -297,6 +394,29 @@ def _run_executor(ctx: JobContext) -> str:
         _seal_after_early_end(ctx)
         _auto_retry(ctx, ended)
         return "failed"
+
+
+def _still_held(ctx: JobContext) -> bool:
+    """Whether this process may still end the run (a frozen process that lost it must not)."""
+    try:
+        ctx.ensure_held()
+    except LeaseLost:
+        log.warning("run %s: this process no longer holds dispatch %s; its outcome is not recorded", ctx.run_id,
+                    ctx.dispatch_attempt)
+        return False
+    return True
+
+
+def _hand_back(ctx: JobContext, message: str) -> None:
+    """Its worker is stopping: the run goes back to pending at once (not after its lease), for this dispatch
+    only; the dispatch pass after ``execute`` sends it to another worker."""
+    if service.hand_back(ctx.run_id, ctx.dispatch_attempt, message):
+        log.warning("run %s handed back to the queue: its worker %s is stopping", ctx.run_id, ctx.worker)
+    elif service.claim(ctx.run_id, S.CANCELLING, ctx.dispatch_attempt, S.CANCELLED, "Stopped at the cancel request "
+                       "(its worker is stopping)", context={"stage": "acknowledged"}):
+        log.info("run %s: cancelled while its worker stopped", ctx.run_id)
+    else:  # ended meanwhile: its status says what happened
+        log.info("run %s was not handed back: it is no longer running here", ctx.run_id)
 
 
 def _auto_retry(ctx: JobContext, eligible: bool) -> None:

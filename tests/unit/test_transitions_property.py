@@ -7,7 +7,8 @@ each call it reads the database and checks: the status moved along an edge of
 ``TRANSITIONS`` or not at all (exactly as predicted from the table); a terminal
 status never changed; each change wrote exactly one ``status`` outbox row whose
 ``from``/``status`` match; a refusal wrote none, only a WARN ``transition_refused``
-log line and its ``log`` outbox row; outbox sequence numbers strictly increase.
+log line and its ``log`` outbox row (a refused move to the status the run is already in writes nothing at all);
+outbox sequence numbers strictly increase.
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import func, select
 
 from backend.db.engine import in_transaction
 from backend.db.models import OutboxEvent, Run, RunLogEvent
+from backend.db.states import EVENT_TYPES, TERMINAL, LogLevel, RunStatus, allowed
 from backend.errors import InvalidTransition
 from backend.runs import service
-from backend.db.states import EVENT_TYPES, TERMINAL, LogLevel, RunStatus, allowed
 
 S = RunStatus
 MAX_RUNS = 4
@@ -42,12 +50,19 @@ class Expect:
     kinds: list[str] = field(default_factory=list)  # outbox rows, in order
     events: list[str] = field(default_factory=list)  # log event types, in order
     refused: tuple[RunStatus, RunStatus] | None = None
+    already: bool = False  # a refused self-transition: nothing written at all (issue 18, item 9)
+
+    @property
+    def accepted(self) -> bool:
+        return self.refused is None and not self.already
 
 
 def attempt_change(current: RunStatus, to: RunStatus, expect: set[RunStatus] | None = None) -> Expect:
     """What ``service.transition`` must do, read from the table alone."""
     if allowed(current, to) and (expect is None or current in expect):
         return Expect(to, ["status"], [EVENT_TYPES[to]])
+    if current is to:  # refused, silently: the run is already there
+        return Expect(current, already=True)
     return Expect(current, ["log"], ["transition_refused"], refused=(current, to))
 
 
@@ -162,7 +177,7 @@ class RunMachine(RuleBasedStateMachine):
         run_id, cur = self.pick(i)
         want = attempt_change(cur, S.SUBMITTED, {S.PENDING})
         got = service.mark_submitted(run_id, f"task-{uuid.uuid4().hex[:8]}")
-        if want.refused:
+        if not want.accepted:
             assert got is None
         else:
             self.model[run_id][1] += 1
@@ -173,8 +188,10 @@ class RunMachine(RuleBasedStateMachine):
     def start(self, i: int, delta: int) -> None:
         run_id, cur = self.pick(i)
         attempt = self.model[run_id][1] + delta
-        if delta:
-            want = Expect(cur, [], ["duplicate_delivery"])  # a stale delivery: logged, no outbox row, no change
+        if delta or cur is not S.SUBMITTED:
+            # a stale or repeated delivery: logged, no outbox row, no change (a repeated one used to be a
+            # "Refused to move from … to running" line; issue 18 item 9)
+            want = Expect(cur, [], ["duplicate_delivery"])
         else:
             want = attempt_change(cur, S.RUNNING, {S.SUBMITTED})
         got = service.start(run_id, attempt, "worker-1", LEASE)
@@ -185,21 +202,21 @@ class RunMachine(RuleBasedStateMachine):
     def complete(self, i: int) -> None:
         run_id, cur = self.pick(i)
         want = attempt_change(cur, S.COMPLETED)
-        assert service.complete(run_id, {"n": 1}) is (want.refused is None)
+        assert service.complete(run_id, {"n": 1}) is want.accepted
         self.check(run_id, cur, want)
 
     @rule(i=st.integers(0, MAX_RUNS - 1))
     def fail(self, i: int) -> None:
         run_id, cur = self.pick(i)
         want = attempt_change(cur, S.FAILED)
-        assert service.fail(run_id, "boom") is (want.refused is None)
+        assert service.fail(run_id, "boom") is want.accepted
         self.check(run_id, cur, want)
 
     @rule(i=st.integers(0, MAX_RUNS - 1))
     def time_out(self, i: int) -> None:
         run_id, cur = self.pick(i)
         want = attempt_change(cur, S.TIMED_OUT)
-        assert service.time_out(run_id, "too slow") is (want.refused is None)
+        assert service.time_out(run_id, "too slow") is want.accepted
         self.check(run_id, cur, want)
 
     @rule(i=st.integers(0, MAX_RUNS - 1))
@@ -215,7 +232,7 @@ class RunMachine(RuleBasedStateMachine):
         else:
             target = S.CANCELLED if cur in (S.PENDING, S.SUBMITTED) else S.CANCELLING
             want = attempt_change(cur, target)
-            assert want.refused is None, f"request_cancel from {cur.value} has no edge to {target.value}"
+            assert want.accepted, f"request_cancel from {cur.value} has no edge to {target.value}"
             assert service.request_cancel(run_id, by="tester") is target
         self.check(run_id, cur, want)
 
@@ -223,7 +240,7 @@ class RunMachine(RuleBasedStateMachine):
     def mark_cancelled(self, i: int) -> None:
         run_id, cur = self.pick(i)
         want = attempt_change(cur, S.CANCELLED)
-        assert service.mark_cancelled(run_id) is (want.refused is None)
+        assert service.mark_cancelled(run_id) is want.accepted
         self.check(run_id, cur, want)
 
     @rule(i=st.integers(0, MAX_RUNS - 1))
@@ -254,7 +271,7 @@ class RunMachine(RuleBasedStateMachine):
         run_id, cur = self.pick(i)
         want = attempt_change(cur, to, expect)
         came_from = in_transaction(lambda s: service.transition(s, run_id, to, "direct", expect=expect))
-        assert came_from is (None if want.refused else cur)
+        assert came_from is (cur if want.accepted else None)
         self.check(run_id, cur, want)
 
     # ------------------------------------------------------------------ every run, after every step

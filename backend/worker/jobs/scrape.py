@@ -117,7 +117,8 @@ class Crawl:
         self.start = normalize(str(config.start_url)) or str(config.start_url)
         self.site = site_of(self.start)
         self.collection = config.collection_id or f"scrape-{ctx.run_id}"
-        self.client = HttpClient(headers={"User-Agent": USER_AGENT}, timeout=20.0, on_retry=self._on_retry)
+        self.client = HttpClient(headers={"User-Agent": USER_AGENT}, timeout=20.0, on_retry=self._on_retry,
+                                 before_send=getattr(ctx, "ensure_held", None))  # no request after losing the run
         self.robots: RobotFileParser | None = None
         self.queue: deque[tuple[str, int]] = deque([(self.start, 0)])
         self.seen = {self.start}
@@ -194,6 +195,8 @@ class Crawl:
                           status=exc.details.get("status"))
             return
         self.fetched += 1
+        if hasattr(self.ctx, "ensure_held"):
+            self.ctx.ensure_held()  # a process that froze past its lease while fetching keeps nothing of it
         if response.is_redirect and response.headers.get("Location"):
             self.redirects += 1
             self.discover(url, [response.headers["Location"]], depth - 1)  # a redirect is not a step deeper
