@@ -59,6 +59,7 @@ def test_a_parent_has_one_group_which_a_second_execution_continues(backend, org)
 
 
 def test_the_open_group_of_a_lost_parent_is_sealed_when_recovery_ends_the_parent(backend, org):  # type: ignore[no-untyped-def]
+    backend.extend({"CURATORE_MAX_REDELIVERIES": "0"})  # no redelivery after a worker loss: recovery ends it
     parent, files = _running_upload(org)
     group = groups.create_group(parent.id)
     kids = [groups.add_child(group.id, "extraction", {"asset_id": str(f.id)}) for f in files[:2]]
@@ -67,7 +68,7 @@ def test_the_open_group_of_a_lost_parent_is_sealed_when_recovery_ends_the_parent
     _age(parent.id, lease_expires_at=past)
     recovery.sweep()
     _age(parent.id, lease_expires_at=past, last_activity_at=past)
-    assert recovery.sweep()["timed_out"] == 1  # upload: one dispatch
+    assert recovery.sweep()["timed_out"] == 1  # its redeliveries (none) are used up
     assert RunStatus(get_run(parent.id).status) is S.TIMED_OUT
     sealed = groups.group_of(parent.id)
     assert sealed.sealed and sealed.finalized_at is None  # sealed in the parent's terminal transaction
