@@ -1,0 +1,189 @@
+"""lists that cost the same at any size: indexes for every filter and sort of the jobs page, counters kept by
+triggers, a per-type duration statistic, and a trigram index for search on PostgreSQL
+
+- Indexes ``(filter column, created_at, id)``, alone and after ``organization_id``, for type, status, origin and
+  priority, and ``(status, completed_at)`` for the 24 h cards; ``ix_runs_type_created`` replaces ``ix_runs_run_type``.
+- ``run_count_deltas``: triggers on ``runs`` append +1 for a row's new (organization, type, status, origin, hour it
+  ended) and -1 for its old one, in the writer's transaction, on every insert, delete and change of those columns
+  (so every path that writes runs is counted, and writers never update a shared row). ``backend.runs.counters``
+  folds them into ``run_counts``, ``run_ends`` (per hour of ``completed_at``) and ``run_type_stats`` (an
+  exponentially weighted mean duration per type); readers add the deltas not folded yet.
+- PostgreSQL: ``pg_trgm`` and a GIN index over the run's searchable text (name, type, id, config), the same
+  expression ``backend.runs.listing`` searches. SQLite keeps its LIKE scan.
+
+Revision ID: 0010
+Revises: 0009
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+ENDED = "('completed', 'failed', 'timed_out', 'cancelled')"
+# The searchable text of a run; backend.runs.listing.SEARCH_TEXT must stay the same expression.
+SEARCH_TEXT = ("lower(coalesce(display_name, '') || E'\\n' || run_type || E'\\n' || replace(id::text, '-', '') "
+               "|| E'\\n' || config::text)")
+
+INDEXES: list[tuple[str, list[str]]] = [
+    ("ix_runs_type_created", ["run_type", "created_at DESC", "id DESC"]),
+    ("ix_runs_org_type_created", ["organization_id", "run_type", "created_at DESC", "id DESC"]),
+    ("ix_runs_status_created", ["status", "created_at", "id"]),
+    ("ix_runs_org_status_created", ["organization_id", "status", "created_at", "id"]),
+    ("ix_runs_origin_created", ["origin", "created_at", "id"]),
+    ("ix_runs_org_origin_created", ["organization_id", "origin", "created_at", "id"]),
+    ("ix_runs_priority_created", ["priority", "created_at", "id"]),
+    ("ix_runs_org_priority_created", ["organization_id", "priority", "created_at", "id"]),
+    ("ix_runs_status_completed", ["status", "completed_at"]),
+    ("ix_runs_org_status_completed", ["organization_id", "status", "completed_at"]),
+]
+
+_PG_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION curatore_count_runs() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  old_hour bigint;
+  new_hour bigint;
+  took double precision;
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    IF OLD.completed_at IS NOT NULL AND OLD.status IN {ENDED} THEN
+      old_hour := floor(extract(epoch FROM OLD.completed_at) / 3600);
+    END IF;
+    INSERT INTO run_count_deltas (organization_id, run_type, status, origin, ended_hour, seconds, n)
+    VALUES (OLD.organization_id, OLD.run_type, OLD.status, OLD.origin, old_hour, NULL, -1);
+    RETURN NULL;
+  END IF;
+  IF NEW.completed_at IS NOT NULL AND NEW.status IN {ENDED} THEN
+    new_hour := floor(extract(epoch FROM NEW.completed_at) / 3600);
+  END IF;
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO run_count_deltas (organization_id, run_type, status, origin, ended_hour, seconds, n)
+    VALUES (NEW.organization_id, NEW.run_type, NEW.status, NEW.origin, new_hour, NULL, 1);
+    RETURN NULL;
+  END IF;
+  IF OLD.completed_at IS NOT NULL AND OLD.status IN {ENDED} THEN
+    old_hour := floor(extract(epoch FROM OLD.completed_at) / 3600);
+  END IF;
+  IF NEW.status = 'completed' AND OLD.status <> 'completed' AND NEW.started_at IS NOT NULL THEN
+    took := extract(epoch FROM NEW.completed_at - NEW.started_at);
+  END IF;
+  INSERT INTO run_count_deltas (organization_id, run_type, status, origin, ended_hour, seconds, n)
+  VALUES (OLD.organization_id, OLD.run_type, OLD.status, OLD.origin, old_hour, NULL, -1),
+         (NEW.organization_id, NEW.run_type, NEW.status, NEW.origin, new_hour, took, 1);
+  RETURN NULL;
+END $$
+"""
+_CHANGED = ("OLD.status IS DISTINCT FROM NEW.status OR OLD.organization_id IS DISTINCT FROM NEW.organization_id "
+            "OR OLD.run_type IS DISTINCT FROM NEW.run_type OR OLD.origin IS DISTINCT FROM NEW.origin "
+            "OR OLD.completed_at IS DISTINCT FROM NEW.completed_at")
+_COLUMNS = "status, organization_id, run_type, origin, completed_at"
+_PG_TRIGGERS = [
+    "CREATE TRIGGER runs_count_insert_delete AFTER INSERT OR DELETE ON runs "
+    "FOR EACH ROW EXECUTE FUNCTION curatore_count_runs()",
+    f"CREATE TRIGGER runs_count_update AFTER UPDATE OF {_COLUMNS} ON runs FOR EACH ROW WHEN ({_CHANGED}) "
+    "EXECUTE FUNCTION curatore_count_runs()",
+]
+
+
+def _sqlite_hour(row: str) -> str:
+    return (f"CASE WHEN {row}.completed_at IS NOT NULL AND {row}.status IN {ENDED} "
+            f"THEN CAST(strftime('%s', {row}.completed_at) AS INTEGER) / 3600 END")
+
+
+_INSERT = "INSERT INTO run_count_deltas (organization_id, run_type, status, origin, ended_hour, seconds, n) VALUES "
+_SQLITE_TRIGGERS = [
+    f"CREATE TRIGGER runs_count_insert AFTER INSERT ON runs BEGIN {_INSERT}"
+    f"(NEW.organization_id, NEW.run_type, NEW.status, NEW.origin, {_sqlite_hour('NEW')}, NULL, 1); END",
+    f"CREATE TRIGGER runs_count_delete AFTER DELETE ON runs BEGIN {_INSERT}"
+    f"(OLD.organization_id, OLD.run_type, OLD.status, OLD.origin, {_sqlite_hour('OLD')}, NULL, -1); END",
+    f"CREATE TRIGGER runs_count_update AFTER UPDATE OF {_COLUMNS} ON runs "
+    f"WHEN {_CHANGED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN {_INSERT}"
+    f"(OLD.organization_id, OLD.run_type, OLD.status, OLD.origin, {_sqlite_hour('OLD')}, NULL, -1), "
+    f"(NEW.organization_id, NEW.run_type, NEW.status, NEW.origin, {_sqlite_hour('NEW')}, "
+    "CASE WHEN NEW.status = 'completed' AND OLD.status <> 'completed' AND NEW.started_at IS NOT NULL "
+    "THEN (julianday(NEW.completed_at) - julianday(NEW.started_at)) * 86400.0 END, 1); END",
+]
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    postgres = bind.dialect.name == "postgresql"
+    op.create_table(
+        "run_count_deltas",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("run_type", sa.String(64), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("origin", sa.String(16), nullable=False),
+        sa.Column("ended_hour", sa.BigInteger(), nullable=True),
+        sa.Column("seconds", sa.Float(), nullable=True),
+        sa.Column("n", sa.Integer(), nullable=False),
+    )
+    op.create_table(
+        "run_counts",
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("run_type", sa.String(64), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("origin", sa.String(16), nullable=False),
+        sa.Column("n", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("organization_id", "run_type", "status", "origin"),
+    )
+    op.create_table(
+        "run_ends",
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("hour", sa.BigInteger(), nullable=False),
+        sa.Column("n", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("organization_id", "status", "hour"),
+    )
+    op.create_table(
+        "run_type_stats",
+        sa.Column("run_type", sa.String(64), nullable=False),
+        sa.Column("mean_seconds", sa.Float(), nullable=False),
+        sa.Column("samples", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("run_type"),
+    )
+    op.drop_index("ix_runs_run_type", table_name="runs")
+    for name, columns in INDEXES:
+        op.execute(f"CREATE INDEX {name} ON runs ({', '.join(columns)})")
+    if postgres:
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        op.execute(f"CREATE INDEX ix_runs_search_trgm ON runs USING gin (({SEARCH_TEXT}) gin_trgm_ops)")
+        op.execute(_PG_FUNCTION)
+        for trigger in _PG_TRIGGERS:
+            op.execute(trigger)
+    else:
+        for trigger in _SQLITE_TRIGGERS:
+            op.execute(trigger)
+    # The runs already there: counted once, as the triggers would have.
+    op.execute("INSERT INTO run_counts (organization_id, run_type, status, origin, n) "
+               "SELECT organization_id, run_type, status, origin, count(*) FROM runs "
+               "GROUP BY organization_id, run_type, status, origin")
+    hour = ("floor(extract(epoch FROM completed_at) / 3600)" if postgres
+            else "CAST(strftime('%s', completed_at) AS INTEGER) / 3600")
+    op.execute(f"INSERT INTO run_ends (organization_id, status, hour, n) "
+               f"SELECT organization_id, status, {hour}, count(*) FROM runs "
+               f"WHERE completed_at IS NOT NULL AND status IN {ENDED} GROUP BY organization_id, status, {hour}")
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS runs_count_update ON runs")
+        op.execute("DROP TRIGGER IF EXISTS runs_count_insert_delete ON runs")
+        op.execute("DROP FUNCTION IF EXISTS curatore_count_runs()")
+        op.execute("DROP INDEX IF EXISTS ix_runs_search_trgm")
+    else:
+        for name in ("runs_count_insert", "runs_count_delete", "runs_count_update"):
+            op.execute(f"DROP TRIGGER IF EXISTS {name}")
+    for name, _ in INDEXES:
+        op.execute(f"DROP INDEX IF EXISTS {name}")
+    op.create_index("ix_runs_run_type", "runs", ["run_type"])
+    for table in ("run_type_stats", "run_ends", "run_counts", "run_count_deltas"):
+        op.drop_table(table)
