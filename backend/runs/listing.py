@@ -326,6 +326,20 @@ def type_counts(q: ListQuery, session: Session | None = None) -> dict[str, int]:
     return in_transaction(read, session)
 
 
+def status_counts(q: ListQuery, session: Session | None = None) -> dict[str, int]:
+    """Runs per status under ``q``'s organization, type and origin filters, from the counters."""
+    if not _counted(q):
+        raise ValueError("status_counts answers organization, type and origin filters only")
+    types = set(_types_with_aliases(q.run_types)) if q.run_types else None
+    origins = {RunOrigin(o).value for o in q.origins}
+    out: dict[str, int] = {}
+    for (run_type, status, origin), n in counters.counts(
+            counters.scope_of(q.organization_id, q.organization_ids), session).items():
+        if (types is None or run_type in types) and (not origins or origin in origins):
+            out[status] = out.get(status, 0) + n
+    return out
+
+
 def status_cards(organization_id: uuid.UUID | None, session: Session | None = None,
                  organization_ids: frozenset[uuid.UUID] | None = None) -> dict[str, int]:
     """pending, running, done in the last 24 h, failed in the last 24 h, stale: from the counters
