@@ -144,6 +144,8 @@ def fill(runs: int, orgs: int, seed: float = 0.42) -> list[uuid.UUID]:
             s.execute(text(sql), {"lo": done + 1, "hi": done + n})
             done += n
         s.execute(text("ALTER TABLE runs ENABLE TRIGGER USER"))
+        s.execute(text(f"INSERT INTO run_search (run_id, body) SELECT id, {_search_text()} FROM runs "
+                       "ON CONFLICT (run_id) DO NOTHING"))
 
     in_transaction(load)
     counters.rebuild()
@@ -152,6 +154,19 @@ def fill(runs: int, orgs: int, seed: float = 0.42) -> list[uuid.UUID]:
     with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE runs")
     return org_ids
+
+
+def _search_text() -> str:
+    """The searchable-text expression of migration 0010 (the search trigger's), over ``runs``' own columns."""
+    import importlib.util
+
+    from backend.db.migrate import MIGRATIONS
+
+    path = next((MIGRATIONS / "versions").glob("0010_*.py"))
+    spec = importlib.util.spec_from_file_location("migration_0010", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return str(module.SEARCH_TEXT).replace("NEW.", "")
 
 
 def count_runs() -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from sqlalchemy import String, and_, cast, func, literal_column, or_, select
+from sqlalchemy import Column, MetaData, String, Table, Text, Uuid, and_, cast, func, or_, select
 from sqlalchemy.sql import Select
 from sqlmodel import Session
 
@@ -90,16 +90,15 @@ def _filtered(q: ListQuery, *, with_types: bool = True, with_statuses: bool = Tr
     return stmt
 
 
-# The searchable text of a run on PostgreSQL, indexed by ix_runs_search_trgm (pg_trgm, migration 0010): the same
-# expression, so the planner matches it. Name, type, the id's hex digits and the config, one per line.
-SEARCH_TEXT = ("lower(coalesce(runs.display_name, '') || E'\\n' || runs.run_type || E'\\n' "
-               "|| replace(runs.id::text, '-', '') || E'\\n' || runs.config::text)")
+# PostgreSQL: each run's searchable text (name, type, the id's hex digits, config; lower case), written by a
+# trigger when the run is inserted, with a trigram index (migration 0010).
+run_search = Table("run_search", MetaData(), Column("run_id", Uuid, primary_key=True), Column("body", Text))
 
 
 def _search_clause(text: str) -> Any:
     """Name, config text, type or id. A character that cannot be stored (typed into the UI's search box, say)
     matches nothing and must not reach the driver, which could not encode it. PostgreSQL: one LIKE over
-    :data:`SEARCH_TEXT` through its trigram index (an id's hex digits match anywhere in it); SQLite: a scan."""
+    :data:`run_search` through its trigram index (an id's hex digits match anywhere in it); SQLite: a scan."""
     text = storable(text)
     like = f"%{text.lower()}%"
     exact_id = None
@@ -108,7 +107,7 @@ def _search_clause(text: str) -> Any:
     except ValueError:
         pass
     if get_engine().dialect.name == "postgresql":
-        clauses = [literal_column(SEARCH_TEXT).like(like)]
+        clauses = [Run.id.in_(select(run_search.c.run_id).where(run_search.c.body.like(like)))]
         if exact_id is not None:
             clauses.append(Run.id == exact_id)
         return or_(*clauses)

@@ -8,8 +8,11 @@ triggers, a per-type duration statistic, and a trigram index for search on Postg
   (so every path that writes runs is counted, and writers never update a shared row). ``backend.runs.counters``
   folds them into ``run_counts``, ``run_ends`` (per hour of ``completed_at``) and ``run_type_stats`` (an
   exponentially weighted mean duration per type); readers add the deltas not folded yet.
-- PostgreSQL: ``pg_trgm`` and a GIN index over the run's searchable text (name, type, id, config), the same
-  expression ``backend.runs.listing`` searches. SQLite keeps its LIKE scan.
+- PostgreSQL: ``run_search`` holds each run's searchable text (name, type, id, config; lower case), written by a
+  trigger when the run is inserted (and when those columns change, which they do not today), with a ``pg_trgm``
+  GIN index. A side table rather than an index on ``runs``: every status change writes a new row version into
+  every index of ``runs``, and a trigram index over the config made each transition cost about twice as much.
+  SQLite keeps its LIKE scan.
 
 Revision ID: 0010
 Revises: 0009
@@ -26,9 +29,23 @@ branch_labels = None
 depends_on = None
 
 ENDED = "('completed', 'failed', 'timed_out', 'cancelled')"
-# The searchable text of a run; backend.runs.listing.SEARCH_TEXT must stay the same expression.
-SEARCH_TEXT = ("lower(coalesce(display_name, '') || E'\\n' || run_type || E'\\n' || replace(id::text, '-', '') "
-               "|| E'\\n' || config::text)")
+# The searchable text of a run: name, type, the id's hex digits, the config; one per line.
+SEARCH_TEXT = ("lower(coalesce(NEW.display_name, '') || E'\\n' || NEW.run_type || E'\\n' "
+               "|| replace(NEW.id::text, '-', '') || E'\\n' || NEW.config::text)")
+_PG_SEARCH = [
+    "CREATE TABLE run_search (run_id uuid PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE, body text NOT NULL)",
+    "CREATE INDEX ix_run_search_trgm ON run_search USING gin (body gin_trgm_ops)",
+    f"""CREATE OR REPLACE FUNCTION curatore_search_runs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO run_search (run_id, body) VALUES (NEW.id, {SEARCH_TEXT})
+  ON CONFLICT (run_id) DO UPDATE SET body = EXCLUDED.body;
+  RETURN NULL;
+END $$""",
+    "CREATE TRIGGER runs_search_insert AFTER INSERT ON runs FOR EACH ROW EXECUTE FUNCTION curatore_search_runs()",
+    "CREATE TRIGGER runs_search_update AFTER UPDATE OF display_name, run_type, config ON runs FOR EACH ROW "
+    "WHEN (OLD.display_name IS DISTINCT FROM NEW.display_name OR OLD.run_type IS DISTINCT FROM NEW.run_type "
+    "OR OLD.config IS DISTINCT FROM NEW.config) EXECUTE FUNCTION curatore_search_runs()",
+]
 
 INDEXES: list[tuple[str, list[str]]] = [
     ("ix_runs_type_created", ["run_type", "created_at DESC", "id DESC"]),
@@ -154,7 +171,9 @@ def upgrade() -> None:
         op.execute(f"CREATE INDEX {name} ON runs ({', '.join(columns)})")
     if postgres:
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        op.execute(f"CREATE INDEX ix_runs_search_trgm ON runs USING gin (({SEARCH_TEXT}) gin_trgm_ops)")
+        for statement in _PG_SEARCH:
+            op.execute(statement)
+        op.execute(f"INSERT INTO run_search (run_id, body) SELECT id, {SEARCH_TEXT.replace('NEW.', '')} FROM runs")
         op.execute(_PG_FUNCTION)
         for trigger in _PG_TRIGGERS:
             op.execute(trigger)
@@ -178,7 +197,8 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS runs_count_update ON runs")
         op.execute("DROP TRIGGER IF EXISTS runs_count_insert_delete ON runs")
         op.execute("DROP FUNCTION IF EXISTS curatore_count_runs()")
-        op.execute("DROP INDEX IF EXISTS ix_runs_search_trgm")
+        op.execute("DROP TABLE IF EXISTS run_search")
+        op.execute("DROP FUNCTION IF EXISTS curatore_search_runs()")
     else:
         for name in ("runs_count_insert", "runs_count_delete", "runs_count_update"):
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
