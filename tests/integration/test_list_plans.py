@@ -19,9 +19,9 @@ from bench.lists import fill, page_queries, plans, problems, summary
 
 pytestmark = pytest.mark.integration
 
-# The two orders no index can serve: a running run's duration grows with the clock, and the status order is a
-# CASE over the status (both documented in docs/architecture.md).
-NOT_INDEXED = {"sort: duration", "sort: status"}
+# The one order no index can serve: a running run's duration grows with the clock (documented in
+# docs/architecture.md).
+NOT_INDEXED = {"sort: duration"}
 
 
 def test_every_jobs_page_query_uses_an_index_at_10k_runs(pg_backend) -> None:  # type: ignore[no-untyped-def]
