@@ -83,6 +83,9 @@ class Run(SQLModel, table=True):
         Index("ix_runs_org_priority_created", "organization_id", "priority", "created_at", "id"),
         Index("ix_runs_status_completed", "status", "completed_at"),
         Index("ix_runs_org_status_completed", "organization_id", "status", "completed_at"),
+        Index("ix_runs_queued", "queue", text("priority DESC"), "created_at", "id",
+              postgresql_where=text("status IN ('pending', 'submitted')"),
+              sqlite_where=text("status IN ('pending', 'submitted')")),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)

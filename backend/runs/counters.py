@@ -7,7 +7,8 @@ runs to another organization, a bulk load), exactly, and writers only ever inser
 for the same counter row.
 
 :func:`compact` folds the deltas into ``run_counts`` (organization × type × status × origin), ``run_ends``
-(organization × status × hour of ``completed_at``) and ``run_type_stats`` (an exponentially weighted mean
+(organization × status × hour of ``completed_at``; both also under :data:`EVERY_ORG`, every organization
+together, so a system-wide read is as small as one organization's) and ``run_type_stats`` (an exponentially weighted mean
 duration per type, from the runs that completed); every worker node runs it on its housekeeping beat, and a
 reader that finds many deltas runs it too. Readers add the deltas not folded yet, so a count is exact whenever
 it is read, folded or not.
@@ -37,12 +38,18 @@ _LOCK = 7_310_014  # pg_try_advisory_xact_lock key: one compactor at a time
 ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED)
 
 Scope = Collection[uuid.UUID] | None  # organizations, or None for all
+EVERY_ORG = uuid.UUID(int=0)  # the folded rows that count every organization together
 
 
 def _in_scope(column: Any, orgs: Scope) -> list[Any]:
     if orgs is None:
         return []
     return [column.in_(list(orgs))]
+
+
+def _folded_scope(column: Any, orgs: Scope) -> list[Any]:
+    """Folded rows: one organization's own, or the :data:`EVERY_ORG` rows for all of them."""
+    return [column == EVERY_ORG] if orgs is None else [column.in_(list(orgs))]
 
 
 def scope_of(organization_id: uuid.UUID | None, organization_ids: Collection[uuid.UUID] | None = None) -> Scope:
@@ -59,7 +66,7 @@ def counts(orgs: Scope, session: Session | None = None) -> dict[tuple[str, str, 
 
     def read(s: Session) -> dict[tuple[str, str, str], int]:
         folded = select(RunCount.run_type, RunCount.status, RunCount.origin, RunCount.n.label("n"),
-                        literal(0).label("d")).where(*_in_scope(RunCount.organization_id, orgs))
+                        literal(0).label("d")).where(*_folded_scope(RunCount.organization_id, orgs))
         unfolded = select(RunCountDelta.run_type, RunCountDelta.status, RunCountDelta.origin,
                           RunCountDelta.n.label("n"), literal(1).label("d")
                           ).where(*_in_scope(RunCountDelta.organization_id, orgs))
@@ -81,7 +88,7 @@ def ended_since(orgs: Scope, since: datetime, statuses: Collection[RunStatus] = 
 
     def read(s: Session) -> dict[str, int]:
         folded = select(RunEnd.status, RunEnd.n.label("n")).where(
-            *_in_scope(RunEnd.organization_id, orgs), RunEnd.status.in_(names), RunEnd.hour > first)
+            *_folded_scope(RunEnd.organization_id, orgs), RunEnd.status.in_(names), RunEnd.hour > first)
         unfolded = select(RunCountDelta.status, RunCountDelta.n.label("n")).where(
             *_in_scope(RunCountDelta.organization_id, orgs), RunCountDelta.status.in_(names),
             RunCountDelta.ended_hour > first)
@@ -164,9 +171,10 @@ def compact(batch: int = BATCH) -> int:
         by_hour: dict[tuple[Any, ...], int] = defaultdict(int)
         durations: dict[str, list[float]] = defaultdict(list)
         for r in sorted(rows, key=lambda r: r.id):
-            by_key[(r.organization_id, r.run_type, r.status, r.origin)] += r.n
-            if r.ended_hour is not None:
-                by_hour[(r.organization_id, r.status, r.ended_hour)] += r.n
+            for org in (r.organization_id, EVERY_ORG):
+                by_key[(org, r.run_type, r.status, r.origin)] += r.n
+                if r.ended_hour is not None:
+                    by_hour[(org, r.status, r.ended_hour)] += r.n
             if r.seconds is not None:
                 durations[r.run_type].append(float(r.seconds))
         _add(s, RunCount, ["organization_id", "run_type", "status", "origin"],
@@ -232,9 +240,12 @@ def rebuild(session: Session | None = None, sample: int = 50) -> None:
         postgres = s.get_bind().dialect.name == "postgresql"
         for model in (RunCountDelta, RunCount, RunEnd, RunTypeStat):
             s.execute(delete(model))
+        every = f"'{EVERY_ORG}'" if postgres else f"'{EVERY_ORG.hex}'"
         s.execute(text("INSERT INTO run_counts (organization_id, run_type, status, origin, n) "
                        "SELECT organization_id, run_type, status, origin, count(*) FROM runs "
                        "GROUP BY organization_id, run_type, status, origin"))
+        s.execute(text(f"INSERT INTO run_counts (organization_id, run_type, status, origin, n) "
+                       f"SELECT {every}, run_type, status, origin, count(*) FROM runs GROUP BY run_type, status, origin"))
         hour = ("floor(extract(epoch FROM completed_at) / 3600)" if postgres
                 else "CAST(strftime('%s', completed_at) AS INTEGER) / 3600")
         ended = ", ".join(f"'{st.value}'" for st in ENDED)
@@ -243,6 +254,10 @@ def rebuild(session: Session | None = None, sample: int = 50) -> None:
                        f"SELECT organization_id, status, {hour}, count(*) FROM runs "
                        f"WHERE completed_at IS NOT NULL AND status IN ({ended}) AND {hour} >= {since} "
                        f"GROUP BY organization_id, status, {hour}"))
+        s.execute(text(f"INSERT INTO run_ends (organization_id, status, hour, n) "
+                       f"SELECT {every}, status, {hour}, count(*) FROM runs "
+                       f"WHERE completed_at IS NOT NULL AND status IN ({ended}) AND {hour} >= {since} "
+                       f"GROUP BY status, {hour}"))
         types = [t for (t,) in s.execute(select(Run.run_type).distinct()).all()]
         now = utcnow()
         for run_type in types:

@@ -7,7 +7,9 @@ triggers, a per-type duration statistic, and a trigram index for search on Postg
   ended) and -1 for its old one, in the writer's transaction, on every insert, delete and change of those columns
   (so every path that writes runs is counted, and writers never update a shared row). ``backend.runs.counters``
   folds them into ``run_counts``, ``run_ends`` (per hour of ``completed_at``) and ``run_type_stats`` (an
-  exponentially weighted mean duration per type); readers add the deltas not folded yet.
+  exponentially weighted mean duration per type); readers add the deltas not folded yet. The nil UUID's rows in
+  ``run_counts`` and ``run_ends`` count every organization together.
+- ``ix_runs_queued``: the queued runs of each queue in dispatch order (partial), for queue positions.
 - PostgreSQL: ``run_search`` holds each run's searchable text (name, type, id, config; lower case), written by a
   trigger when the run is inserted (and when those columns change, which they do not today), with a ``pg_trgm``
   GIN index. A side table rather than an index on ``runs``: every status change writes a new row version into
@@ -58,7 +60,10 @@ INDEXES: list[tuple[str, list[str]]] = [
     ("ix_runs_org_priority_created", ["organization_id", "priority", "created_at", "id"]),
     ("ix_runs_status_completed", ["status", "completed_at"]),
     ("ix_runs_org_status_completed", ["organization_id", "status", "completed_at"]),
+    # queue positions: the queued runs of a queue in dispatch order, without sorting them
+    ("ix_runs_queued", ["queue", "priority DESC", "created_at", "id"]),
 ]
+PARTIAL = {"ix_runs_queued": "status IN ('pending', 'submitted')"}
 
 _PG_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION curatore_count_runs() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -168,7 +173,8 @@ def upgrade() -> None:
     )
     op.drop_index("ix_runs_run_type", table_name="runs")
     for name, columns in INDEXES:
-        op.execute(f"CREATE INDEX {name} ON runs ({', '.join(columns)})")
+        where = f" WHERE {PARTIAL[name]}" if name in PARTIAL else ""
+        op.execute(f"CREATE INDEX {name} ON runs ({', '.join(columns)}){where}")
     if postgres:
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         for statement in _PG_SEARCH:
@@ -181,14 +187,20 @@ def upgrade() -> None:
         for trigger in _SQLITE_TRIGGERS:
             op.execute(trigger)
     # The runs already there: counted once, as the triggers would have.
+    every = "'00000000-0000-0000-0000-000000000000'" if postgres else "'00000000000000000000000000000000'"
     op.execute("INSERT INTO run_counts (organization_id, run_type, status, origin, n) "
                "SELECT organization_id, run_type, status, origin, count(*) FROM runs "
                "GROUP BY organization_id, run_type, status, origin")
+    op.execute(f"INSERT INTO run_counts (organization_id, run_type, status, origin, n) "
+               f"SELECT {every}, run_type, status, origin, count(*) FROM runs GROUP BY run_type, status, origin")
     hour = ("floor(extract(epoch FROM completed_at) / 3600)" if postgres
             else "CAST(strftime('%s', completed_at) AS INTEGER) / 3600")
     op.execute(f"INSERT INTO run_ends (organization_id, status, hour, n) "
                f"SELECT organization_id, status, {hour}, count(*) FROM runs "
                f"WHERE completed_at IS NOT NULL AND status IN {ENDED} GROUP BY organization_id, status, {hour}")
+    op.execute(f"INSERT INTO run_ends (organization_id, status, hour, n) "
+               f"SELECT {every}, status, {hour}, count(*) FROM runs "
+               f"WHERE completed_at IS NOT NULL AND status IN {ENDED} GROUP BY status, {hour}")
 
 
 def downgrade() -> None:
