@@ -187,7 +187,7 @@ class Query:
     call: Callable[[], Any]
 
 
-def page_queries(org_id: uuid.UUID | None) -> list[Query]:
+def page_queries(org_id: uuid.UUID | None, id_prefix: str = "5e1f0c") -> list[Query]:
     """What ``curatore_ui/pages/jobs_list_state.py`` asks for one scope, filter by filter."""
     from backend import list_sort
     from backend.db.states import RunOrigin, RunStatus
@@ -222,7 +222,7 @@ def page_queries(org_id: uuid.UUID | None) -> list[Query]:
         Query("page: priority sort", lambda: listing.page(q(sort="priority"), None, 25)),
         Query("page: search a word", lambda: listing.page(q(search="roadmap"), None, 25)),
         Query("page: search a rare name", lambda: listing.page(q(search="contract 77777"), None, 25)),
-        Query("page: search an id prefix", lambda: listing.page(q(search="00000"), None, 25)),
+        Query("page: search an id prefix", lambda: listing.page(q(search=id_prefix), None, 25)),
         Query("sort: oldest first", lambda: list_sort.page(base, "created", False, None, 25)),
         Query("sort: type", lambda: list_sort.page(base, "type", False, None, 25)),
         Query("sort: status", lambda: list_sort.page(base, "status", False, None, 25)),
@@ -320,9 +320,18 @@ def timed(call: Callable[[], Any], repeat: int) -> tuple[float, float]:
 
 
 def measure(org_ids: list[uuid.UUID], repeat: int) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from backend.db.engine import in_transaction
+    from backend.db.models import Run
+
     results = []
-    for scope, org_id in (("all", None), ("one org", org_ids[len(org_ids) // 2])):
-        for query in page_queries(org_id):
+    one = org_ids[len(org_ids) // 2]
+    some_id = in_transaction(lambda s: s.execute(select(Run.id).where(Run.organization_id == one).limit(1))
+                             .scalar_one_or_none())
+    prefix = some_id.hex[:8] if some_id else "5e1f0c"  # the first 8 hex digits of a run's id, as one pastes it
+    for scope, org_id in (("all", None), ("one org", one)):
+        for query in page_queries(org_id, prefix):
             p50, p95 = timed(query.call, repeat)
             found = plans(query.call)
             results.append({"scope": scope, "query": query.name, "p50_ms": round(p50, 2), "p95_ms": round(p95, 2),

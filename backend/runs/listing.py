@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from sqlalchemy import Column, MetaData, String, Table, Text, Uuid, and_, cast, func, or_, select
+from sqlalchemy import Column, MetaData, String, Table, Text, Uuid, and_, cast, exists, func, literal, or_, select
 from sqlalchemy.sql import Select
 from sqlmodel import Session
 
@@ -95,6 +95,15 @@ def _filtered(q: ListQuery, *, with_types: bool = True, with_statuses: bool = Tr
 run_search = Table("run_search", MetaData(), Column("run_id", Uuid, primary_key=True), Column("body", Text))
 
 
+def _pg_search(like: str) -> Any:
+    """PostgreSQL: the runs whose text (``run_search``) matches ``like``, as a semi-join the planner can start from
+    either side: walking the list in its order and checking each run (a common term: the page fills soon), or
+    the trigram index (a rare one). It chooses well because ``run_search.body`` keeps a 1,000-entry histogram
+    (migration 0010), against which PostgreSQL tries the pattern: with the default 100 it guessed a word on a
+    quarter of all runs to match 0.03 % of them, and sorted every match."""
+    return exists(select(literal(1)).where(run_search.c.run_id == Run.id, run_search.c.body.like(like)))
+
+
 def _search_clause(text: str) -> Any:
     """Name, config text, type or id. A character that cannot be stored (typed into the UI's search box, say)
     matches nothing and must not reach the driver, which could not encode it. PostgreSQL: one LIKE over
@@ -107,7 +116,7 @@ def _search_clause(text: str) -> Any:
     except ValueError:
         pass
     if get_engine().dialect.name == "postgresql":
-        clauses = [Run.id.in_(select(run_search.c.run_id).where(run_search.c.body.like(like)))]
+        clauses = [_pg_search(like)]
         if exact_id is not None:
             clauses.append(Run.id == exact_id)
         return or_(*clauses)
