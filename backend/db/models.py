@@ -72,7 +72,8 @@ class Run(SQLModel, table=True):
         Index("ix_runs_resource", "resource_type", "resource_id"),
         Index("ix_runs_lease", "status", "lease_expires_at"),
         # migration 0010: each filter of the jobs list with its keyset order, and the 24 h cards (PostgreSQL adds
-        # the run_search table, see backend.runs.listing.run_search)
+        # the run_search table, see backend.runs.listing.run_search, and the duration order's indexes,
+        # ix_runs_{,org_}duration and ix_runs_{,org_}unstarted, see backend.list_sort._by_duration)
         Index("ix_runs_type_created", "run_type", text("created_at DESC"), text("id DESC")),
         Index("ix_runs_org_type_created", "organization_id", "run_type", text("created_at DESC"), text("id DESC")),
         Index("ix_runs_status_created", "status", "created_at", "id"),

@@ -10,6 +10,8 @@ triggers, a per-type duration statistic, and a trigram index for search on Postg
   exponentially weighted mean duration per type); readers add the deltas not folded yet. The nil UUID's rows in
   ``run_counts`` and ``run_ends`` count every organization together.
 - ``ix_runs_queued``: the queued runs of each queue in dispatch order (partial), for queue positions.
+- PostgreSQL: ``ix_runs_duration`` (ended runs by their fixed duration) and ``ix_runs_unstarted`` (runs never
+  started), alone and after ``organization_id``, for the duration order (``backend.list_sort._by_duration``).
 - PostgreSQL: ``run_search`` holds each run's searchable text (name, type, id, config; lower case), written by a
   trigger when the run is inserted (and when those columns change, which they do not today), with a ``pg_trgm``
   GIN index. A side table rather than an index on ``runs``: every status change writes a new row version into
@@ -31,6 +33,7 @@ branch_labels = None
 depends_on = None
 
 ENDED = "('completed', 'failed', 'timed_out', 'cancelled')"
+DURATION = "round(EXTRACT(epoch FROM completed_at - started_at), 3)"
 # The searchable text of a run: name, type, the id's hex digits, the config; one per line.
 SEARCH_TEXT = ("lower(coalesce(NEW.display_name, '') || E'\\n' || NEW.run_type || E'\\n' "
                "|| replace(NEW.id::text, '-', '') || E'\\n' || NEW.config::text)")
@@ -65,8 +68,17 @@ INDEXES: list[tuple[str, list[str]]] = [
     ("ix_runs_org_status_completed", ["organization_id", "status", "completed_at"]),
     # queue positions: the queued runs of a queue in dispatch order, without sorting them
     ("ix_runs_queued", ["queue", "priority DESC", "created_at", "id"]),
+    # the duration order: ended runs by their fixed duration (backend.list_sort.ENDED_DURATION), runs never started
+    ("ix_runs_duration", [f"({DURATION})", "created_at DESC", "id DESC"]),
+    ("ix_runs_org_duration", ["organization_id", f"({DURATION})", "created_at DESC", "id DESC"]),
+    ("ix_runs_unstarted", ["created_at", "id"]),
+    ("ix_runs_org_unstarted", ["organization_id", "created_at", "id"]),
 ]
-PARTIAL = {"ix_runs_queued": "status IN ('pending', 'submitted')"}
+_ENDED_STARTED = "completed_at IS NOT NULL AND started_at IS NOT NULL"
+PARTIAL = {"ix_runs_queued": "status IN ('pending', 'submitted')", "ix_runs_duration": _ENDED_STARTED,
+           "ix_runs_org_duration": _ENDED_STARTED, "ix_runs_unstarted": "started_at IS NULL",
+           "ix_runs_org_unstarted": "started_at IS NULL"}
+POSTGRES_ONLY = {"ix_runs_duration", "ix_runs_org_duration", "ix_runs_unstarted", "ix_runs_org_unstarted"}
 
 _PG_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION curatore_count_runs() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -176,6 +188,8 @@ def upgrade() -> None:
     )
     op.drop_index("ix_runs_run_type", table_name="runs")
     for name, columns in INDEXES:
+        if name in POSTGRES_ONLY and not postgres:
+            continue
         where = f" WHERE {PARTIAL[name]}" if name in PARTIAL else ""
         op.execute(f"CREATE INDEX {name} ON runs ({', '.join(columns)}){where}")
     if postgres:
