@@ -153,6 +153,9 @@ def compact(batch: int = BATCH) -> int:
     PostgreSQL one compactor at a time (others return 0 at once); the deltas a transaction deletes are exactly
     the ones it adds up (``DELETE … RETURNING``), so a delta committed meanwhile is folded by the next pass."""
 
+    if in_transaction(lambda s: s.execute(select(RunCountDelta.id).limit(1)).first(), read_only=True) is None:
+        return 0  # nothing to fold: no write transaction (on SQLite, no wait for the write lock)
+
     def write(s: Session) -> int:
         postgres = s.get_bind().dialect.name == "postgresql"
         if postgres and not s.execute(text(f"SELECT pg_try_advisory_xact_lock({_LOCK})")).scalar_one():

@@ -226,6 +226,8 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS runs_count_update ON runs")
         op.execute("DROP TRIGGER IF EXISTS runs_count_insert_delete ON runs")
         op.execute("DROP FUNCTION IF EXISTS curatore_count_runs()")
+        op.execute("DROP TRIGGER IF EXISTS runs_search_update ON runs")
+        op.execute("DROP TRIGGER IF EXISTS runs_search_insert ON runs")
         op.execute("DROP TABLE IF EXISTS run_search")
         op.execute("DROP FUNCTION IF EXISTS curatore_search_runs()")
     else:
