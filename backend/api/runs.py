@@ -32,6 +32,8 @@ from backend.api.schemas import (
     PageOut,
     RunCreate,
     RunOut,
+    RunStatsOut,
+    StatusCardsOut,
     Text,
     error_responses,
 )
@@ -133,6 +135,28 @@ def list_runs(
         sort=sort,
     )
     return PageOut.of(listing.page(q, cursor or None, limit))
+
+
+@router.get("/runs/stats", response_model=RunStatsOut, summary="Type counts and status cards (the jobs page's)")
+def run_stats(
+    p: CurrentPrincipal,
+    organization: Annotated[Text | None, Query(max_length=64, description="Only this organization (slug)")] = None,
+    status: Annotated[list[RunStatus] | None, Query(description="Count only these statuses (types, total)")] = None,
+    origin: Annotated[list[RunOrigin] | None, Query()] = None,
+) -> RunStatsOut:
+    """Runs per type and per status, and the status cards (pending, running, done and failed in the last 24 h,
+    stale), for the caller's organizations or one of them: read from the counters the state machine's
+    transactions keep (``backend.runs.counters``), never by counting runs."""
+    visible = p.visible_orgs()
+    org_id = visible_org(p, organization).id if organization else None
+    orgs = None if visible is None else frozenset(visible)
+    q = listing.ListQuery(organization_id=org_id, organization_ids=orgs, statuses=tuple(status or ()),
+                          origins=tuple(origin or ()))
+    types = listing.type_counts(q)
+    statuses = listing.status_counts(listing.ListQuery(organization_id=org_id, organization_ids=orgs,
+                                                       origins=tuple(origin or ())))
+    cards = listing.status_cards(org_id, organization_ids=orgs)
+    return RunStatsOut(total=sum(types.values()), types=types, statuses=statuses, cards=StatusCardsOut(**cards))
 
 
 def _type_key(name: str) -> str:

@@ -129,6 +129,21 @@ class PageOut(BaseModel):
         return cls(items=[RunOut.of(r, page) for r in page.runs], next_cursor=page.next_cursor)
 
 
+class StatusCardsOut(BaseModel):
+    pending: int = Field(description="pending and submitted")
+    running: int = Field(description="running and cancelling")
+    done_24h: int = Field(description="completed in the last 24 hours")
+    failed_24h: int = Field(description="failed or timed out in the last 24 hours")
+    stale: int
+
+
+class RunStatsOut(BaseModel):
+    total: int = Field(description="Runs under the filters (every type)")
+    types: dict[str, int] = Field(description="Runs per job type key (aliases counted with their type)")
+    statuses: dict[str, int] = Field(description="Runs per status, under the filters but the status filter")
+    cards: StatusCardsOut
+
+
 class RunList(BaseModel):
     items: list[RunOut]
 

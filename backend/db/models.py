@@ -72,11 +72,27 @@ class Run(SQLModel, table=True):
         Index("ix_runs_resource", "resource_type", "resource_id"),
         Index("ix_runs_lease", "status", "lease_expires_at"),
         Index("ix_runs_created_by", "created_by", "created_at", "id"),  # a schedule's history, keyset-paged
+        # migration 0012: each filter of the jobs list with its keyset order, and the 24 h cards (PostgreSQL adds
+        # the run_search table, see backend.runs.listing.run_search, and the duration order's indexes,
+        # ix_runs_{,org_}duration and ix_runs_{,org_}unstarted, see backend.list_sort._by_duration)
+        Index("ix_runs_type_created", "run_type", text("created_at DESC"), text("id DESC")),
+        Index("ix_runs_org_type_created", "organization_id", "run_type", text("created_at DESC"), text("id DESC")),
+        Index("ix_runs_status_created", "status", "created_at", "id"),
+        Index("ix_runs_org_status_created", "organization_id", "status", "created_at", "id"),
+        Index("ix_runs_origin_created", "origin", "created_at", "id"),
+        Index("ix_runs_org_origin_created", "organization_id", "origin", "created_at", "id"),
+        Index("ix_runs_priority_created", "priority", "created_at", "id"),
+        Index("ix_runs_org_priority_created", "organization_id", "priority", "created_at", "id"),
+        Index("ix_runs_status_completed", "status", "completed_at"),
+        Index("ix_runs_org_status_completed", "organization_id", "status", "completed_at"),
+        Index("ix_runs_queued", "queue", text("priority DESC"), "created_at", "id",
+              postgresql_where=text("status IN ('pending', 'submitted')"),
+              sqlite_where=text("status IN ('pending', 'submitted')")),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     organization_id: uuid.UUID = Field(foreign_key="organizations.id")
-    run_type: str = Field(max_length=64, index=True)
+    run_type: str = Field(max_length=64)
     origin: RunOrigin = Field(default=RunOrigin.USER, sa_type=enum_column_type(RunOrigin), nullable=False)
     status: RunStatus = Field(default=RunStatus.PENDING, sa_type=enum_column_type(RunStatus), nullable=False)
     priority: int = Field(default=2, ge=0, le=4)
@@ -325,3 +341,58 @@ class LoginFailure(SQLModel, table=True):
     scope: str = Field(max_length=16)  # "account" (the email tried) or "address" (the client's IP)
     key: str = Field(max_length=320)
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+# --------------------------------------------------------------------------- list counters (migration 0012)
+# Written by database triggers on ``runs`` (every insert, delete, and change of status, organization, type, origin
+# or end time adds delta rows in the writer's own transaction) and folded by ``backend.runs.counters.compact``.
+
+
+class RunCountDelta(SQLModel, table=True):
+    """+1 for a run's new key, -1 for its old one; appended by the triggers (no row is ever updated, so writers
+    never wait for each other), folded into :class:`RunCount`, :class:`RunEnd` and :class:`RunTypeStat`."""
+
+    __tablename__ = "run_count_deltas"
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    organization_id: uuid.UUID
+    run_type: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    origin: str = Field(max_length=16)
+    ended_hour: int | None = Field(default=None, sa_type=BigInteger)  # hours since the epoch of completed_at
+    seconds: float | None = None  # a run that just completed: its duration
+    n: int = 0
+
+
+class RunCount(SQLModel, table=True):
+    """Runs per organization × type × status × origin (plus the unfolded deltas)."""
+
+    __tablename__ = "run_counts"
+
+    organization_id: uuid.UUID = Field(primary_key=True)
+    run_type: str = Field(max_length=64, primary_key=True)
+    status: str = Field(max_length=16, primary_key=True)
+    origin: str = Field(max_length=16, primary_key=True)
+    n: int = Field(default=0, sa_type=BigInteger)
+
+
+class RunEnd(SQLModel, table=True):
+    """Ended runs per organization × status × hour of their end (the "done / failed in 24 h" cards)."""
+
+    __tablename__ = "run_ends"
+
+    organization_id: uuid.UUID = Field(primary_key=True)
+    status: str = Field(max_length=16, primary_key=True)
+    hour: int = Field(sa_type=BigInteger, primary_key=True)
+    n: int = Field(default=0, sa_type=BigInteger)
+
+
+class RunTypeStat(SQLModel, table=True):
+    """A job type's duration, as an exponentially weighted mean over its completed runs (the list's ETAs)."""
+
+    __tablename__ = "run_type_stats"
+
+    run_type: str = Field(primary_key=True, max_length=64)
+    mean_seconds: float = 0.0
+    samples: int = Field(default=0, sa_type=BigInteger)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)

@@ -23,6 +23,7 @@ from backend.db.models import Run, WorkerHeartbeat
 from backend.db.states import RunStatus
 from backend.db.types import utcnow
 from backend.queues.dispatcher import dispatch_pending
+from backend.runs import counters
 from backend.runs.recovery import sweep
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class NodeHeartbeat(threading.Thread):
                 # Every pass: what the node holds must be fresh for recovery to tell a lost message.
                 beat(self.hostname, self.queues, self.concurrency, self.held())
                 dispatch_pending(self.queues)  # it reached the database (and the broker)
+                counters.compact()  # fold the list counters' deltas (one node at a time does it)
                 now = time.monotonic()
                 if now - last_ok > lease:
                     # Away longer than a lease: every lease expired while no worker could renew it. That says

@@ -147,7 +147,7 @@ def test_tokens_missing_malformed_unknown_revoked_expired_or_disabled_get_401(ap
 
 def test_every_ops_endpoint_needs_a_token_and_health_and_metrics_do_not(api):  # type: ignore[no-untyped-def]
     routes = ops_routes(api.client.app)
-    assert len(routes) == 19
+    assert len(routes) == 20
     run_id = pending_run(api.a)
     for method, path in sorted(routes):
         url = path.replace("{run_id}", run_id).replace("{name}", "maintenance-hourly")
@@ -186,7 +186,7 @@ def test_a_token_of_one_organization_sees_nothing_of_another_on_any_endpoint(api
         ("POST", "/schedules/{name}/trigger"), ("GET", "/schedules/{name}/history"),
     }
     collections = {("GET", "/runs"), ("POST", "/runs"), ("POST", "/runs/bulk-cancel"), ("GET", "/queues"),
-                   ("GET", "/registry"), ("GET", "/schedules")}
+                   ("GET", "/registry"), ("GET", "/schedules"), ("GET", "/runs/stats")}
     assert per_item | collections == ops_routes(api.client.app), "a new endpoint needs its scoping test"
     missing_run = str(uuid.uuid4())
     for method, path in sorted(per_item):
@@ -219,6 +219,14 @@ def test_a_token_of_one_organization_sees_nothing_of_another_on_any_endpoint(api
     all_ids = {r["id"] for r in api.ok("root", "GET", "/runs", params={"limit": 200})["items"]}
     assert b_ids | {a_run} <= all_ids
     assert api.ok("b_admin", "GET", "/runs", params={"organization": "beta"})["items"]
+    # Counts and cards: A's own; B's organization answers like one that does not exist.
+    stats_a = api.ok("a_admin", "GET", "/runs/stats")
+    assert stats_a["types"] == {"q_work": 1} and stats_a["cards"]["pending"] == 1 and stats_a["total"] == 1
+    assert api.ok("root", "GET", "/runs/stats")["types"] == {"q_work": 7}
+    assert api.ok("root", "GET", "/runs/stats", params={"organization": "beta"})["cards"]["pending"] == 6
+    msg_b = error_of(api.get("a_admin", "/runs/stats", params={"organization": "beta"}), 404, "not_found")
+    msg_none = error_of(api.get("a_admin", "/runs/stats", params={"organization": "gamma"}), 404, "not_found")
+    assert msg_b.replace("beta", "X") == msg_none.replace("gamma", "X")
 
     # Submitting into B, bulk-cancelling B's runs: refused as not found, per run.
     body = {"run_type": "q_work", "config": {}, "organization": "beta"}
@@ -464,3 +472,18 @@ def test_cancel_bulk_cancel_force_kill_and_retry_of_running_runs(api, worker):  
     assert actions == ["cancel"]
     assert [e["action"] for e in api.ok("a_viewer", "GET", f"/runs/{second}/audit")["items"]
             if not e["action"].endswith("_refused")] == ["submit", "force_kill", "retry"]
+
+
+def test_run_stats_are_the_counts_of_the_runs_in_scope(api):  # type: ignore[no-untyped-def]
+    """``GET /runs/stats``: per type, per status and the cards, for the caller's organizations, as the runs are."""
+    runs = [pending_run(api.a) for _ in range(3)] + [pending_run(api.b)]
+    service.fail(uuid.UUID(runs[0]), "boom")
+    service.mark_cancelled(uuid.UUID(runs[1]))
+    stats = api.ok("a_member", "GET", "/runs/stats")
+    assert stats == {"total": 3, "types": {"q_work": 3},
+                     "statuses": {"failed": 1, "cancelled": 1, "pending": 1},
+                     "cards": {"pending": 1, "running": 0, "done_24h": 0, "failed_24h": 1, "stale": 0}}
+    assert api.ok("a_member", "GET", "/runs/stats", params={"status": ["failed", "pending"]})["types"] == {"q_work": 2}
+    assert api.ok("a_member", "GET", "/runs/stats", params={"origin": "webhook"})["total"] == 0
+    everything = api.ok("root", "GET", "/runs/stats")
+    assert everything["total"] == 4 and everything["cards"]["pending"] == 2

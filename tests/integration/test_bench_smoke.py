@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,20 @@ def test_the_fanout_bench_runs_and_no_watcher_misses_an_update(tmp_path: Path) -
         assert r["completed"] > 0
         assert r["missed"] == 0, r
         assert r["seen"] == r["completed"] * r["k"]
+
+
+def test_the_lists_bench_runs(tmp_path: Path) -> None:
+    """``bench.lists`` on 2,000 runs in a database of its own (dropped at the end): every jobs-page query, for all
+    organizations and one, with its plan."""
+    require(_pg_reachable())
+    out = tmp_path / "lists.json"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CURATORE_BENCH_PG_ADMIN_URL": PG_ADMIN_URL}
+    db = f"curatore_bench_lists_smoke_{uuid.uuid4().hex[:8]}"
+    result = subprocess.run([sys.executable, "-m", "bench.lists", "--runs", "2000", "--orgs", "5", "--repeat", "2",
+                             "--db", db, "--drop", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "filled 2,000 runs over 5 organizations" in result.stdout and "worst p95" in result.stdout
+    rows = json.loads(out.read_text())
+    assert {r["scope"] for r in rows} == {"all", "one org"}
+    assert all(r["p95_ms"] > 0 and r["plan"] for r in rows if not r["query"].startswith(("type tab", "status c")))
