@@ -231,7 +231,11 @@ def test_sigterm_hands_a_scrape_back_and_another_worker_completes_it(backend: Ba
     # every page kept once: one live asset per URL
     urls = [a.external_id for a in _live_assets(f"scrape-{run.id}")]
     assert sorted(urls) == sorted({site.url + "/", *(f"{site.url}/p{n}" for n in range(1, PAGES + 1))}), urls
-    assert done.results_summary["pages"] == PAGES + 1 if "pages" in (done.results_summary or {}) else True
+    assert done.results_summary["pages_stored"] == PAGES + 1
+    # B continued A's crawl from its checkpoint: every page was fetched once, none again after the hand-back
+    assert _events(run.id, "crawl_resumed"), [e.event_type for e in _events(run.id)]
+    pages = {path: n for path, n in site.counts.items() if path != "/robots.txt"}
+    assert pages == {"/": 1, **{f"/p{n}": 1 for n in range(1, PAGES + 1)}}, pages
 
 
 @pytest.mark.timeout(240)

@@ -21,6 +21,7 @@ from urllib.robotparser import RobotFileParser
 
 from sqlalchemy import select, update
 
+from backend.connectors.common import load_state, save_state
 from backend.connectors.http import FetchFailed, HttpClient, ResponseTooLarge, check_address, mib
 from backend.db.engine import in_transaction
 from backend.db.models import Asset
@@ -111,6 +112,9 @@ class CrawlRefused(CuratoreError):
     code = "crawl_refused"
 
 
+CHECKPOINT = "scrape-checkpoint"  # connector state per run: what a redelivery of the run continues from
+
+
 class Crawl:
     def __init__(self, ctx: JobContext, config: ScrapeConfig) -> None:
         self.ctx, self.config = ctx, config
@@ -127,7 +131,36 @@ class Crawl:
         self.skipped = {"robots": 0, "off_site": 0, "non_html": 0, "too_large": 0}
         self.errors: list[dict[str, Any]] = []
         self.fetched = self.unchanged = self.redirects = 0
+        self.crawled = False  # the crawl is done; what is left is extraction
         self._current = ""
+
+    # checkpoint: a run handed back or redelivered continues its crawl -----------------------------------
+    def restore(self) -> bool:
+        """Continue from this run's checkpoint, if an earlier execution of it left one (a hand-back, a worker
+        lost): the pages it kept are not fetched again."""
+        state = load_state(self.ctx.organization_id, CHECKPOINT, str(self.ctx.run_id))
+        if not state:
+            return False
+        self.queue = deque((url, depth) for url, depth in state["queue"])
+        self.seen, self.off_site = set(state["seen"]), set(state["off_site"])
+        self.stored = [(uuid.UUID(asset_id), url) for asset_id, url in state["stored"]]
+        self.skipped, self.errors = dict(state["skipped"]), list(state["errors"])
+        self.fetched, self.unchanged, self.redirects = state["fetched"], state["unchanged"], state["redirects"]
+        self.crawled = bool(state.get("crawled"))
+        self.ctx.info(f"Continuing from the checkpoint of an earlier delivery: {len(self.stored)} pages kept, "
+                      f"{len(self.queue)} queued" + ("; the crawl was done" if self.crawled else ""), "crawl_resumed",
+                      pages=len(self.stored), queued=len(self.queue))
+        return True
+
+    def checkpoint(self) -> None:
+        save_state(self.ctx.organization_id, CHECKPOINT, str(self.ctx.run_id), {
+            "queue": list(self.queue), "seen": sorted(self.seen), "off_site": sorted(self.off_site),
+            "stored": [(str(asset_id), url) for asset_id, url in self.stored], "skipped": self.skipped,
+            "errors": self.errors[-50:], "fetched": self.fetched, "unchanged": self.unchanged,
+            "redirects": self.redirects, "crawled": self.crawled})
+
+    def forget(self) -> None:
+        save_state(self.ctx.organization_id, CHECKPOINT, str(self.ctx.run_id), {})
 
     def _on_retry(self, reason: str, attempt: int, delay: float) -> None:
         self.ctx.warn(f"{reason} from {self._current}; attempt {attempt + 1} in {delay:.1f} s", "retry",
@@ -175,6 +208,7 @@ class Crawl:
                 ctx.info(f"robots.txt disallows {url}", "skipped", url=url, reason="robots")
                 continue
             self.visit(url, depth)
+            self.checkpoint()  # before the next check_cancelled(): a hand-back there loses no page
             total = min(limit, len(self.stored) + len(self.queue))
             ctx.progress(len(self.stored), max(total, 1), phase="crawling", item=url)
 
@@ -291,11 +325,16 @@ def run(ctx: JobContext, config: ScrapeConfig) -> dict[str, Any]:
     check_address(crawl.start)  # a refused start URL fails the run with the guard's own words
     ctx.info(f"Crawling {crawl.start} (depth {config.max_depth}, at most {config.max_pages} pages) "
              f"into collection {crawl.collection}", "crawl_started", collection_id=crawl.collection)
-    with crawl.client:
-        if config.respect_robots:
-            crawl.load_robots()
-        crawl.crawl()
-    ctx.info(f"Crawled {len(crawl.stored)} pages; {sum(crawl.skipped.values())} skipped, {len(crawl.errors)} failed",
-             "crawled", **crawl.skipped)
+    crawl.restore()
+    if not crawl.crawled:
+        with crawl.client:
+            if config.respect_robots:
+                crawl.load_robots()
+            crawl.crawl()
+        crawl.crawled = True
+        crawl.checkpoint()
+        ctx.info(f"Crawled {len(crawl.stored)} pages; {sum(crawl.skipped.values())} skipped, "
+                 f"{len(crawl.errors)} failed", "crawled", **crawl.skipped)
     extracted = crawl.extract_all()
+    crawl.forget()
     return crawl.results(extracted)
