@@ -41,7 +41,17 @@ def run(ctx: JobContext, config: DeletionConfig) -> dict[str, Any]:
     if handler is None:
         raise NotCapable(f"Deleting a {config.resource_type} is not supported; a deletion run removes "
                          f"{', '.join(SUPPORTED[:-1])} or {SUPPORTED[-1]} resources.")
-    return handler(ctx, config.resource_id)
+    # An earlier delivery of this run (handed back, or its worker lost) that got as far as deleting may have
+    # removed everything: the resource being gone is then this run's own work, not an error.
+    earlier = (ctx.run.progress or {}).get("phase") in ("deleting", "cleaning_up")
+    try:
+        return handler(ctx, config.resource_id)
+    except NotFound:
+        if not earlier:
+            raise
+        ctx.info(f"The {config.resource_type} {config.resource_id} is already gone: an earlier delivery of this "
+                 "run deleted it", "already_deleted")
+        return {"resource_type": config.resource_type, "resource_id": config.resource_id, "already_deleted": True}
 
 
 # --------------------------------------------------------------------------- assets and collections
