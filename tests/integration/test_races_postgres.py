@@ -299,7 +299,7 @@ def test_a_reader_never_skips_an_outbox_row_that_commits_late(pg_backend):
 def test_a_cancel_racing_a_start_is_never_lost(pg_backend):
     org = ensure_org("acme", "Acme")
     run_ids = []
-    for _ in range(300):
+    for _ in range(500):
         run = service.create_run("extraction", {"asset_id": str(uuid.uuid4())}, organization_id=org.id)
         assert service.mark_submitted(run.id, f"task-{run.id.hex[:8]}") == 1
         run_ids.append(run.id)
@@ -317,7 +317,7 @@ def test_a_cancel_racing_a_start_is_never_lost(pg_backend):
         else:  # the cancel came first: the start was refused
             assert (answered, final[rid]) == ("cancelled", S.CANCELLED), (rid, answered, final[rid])
     outcomes = Counter(s.value for s in final.values())
-    print(f"cancel vs start over 300 trials: {dict(outcomes)}")
+    print(f"cancel vs start over 500 trials: {dict(outcomes)}")
     assert sum(outcomes.values()) == 300
 
 
