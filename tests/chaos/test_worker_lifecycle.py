@@ -11,6 +11,8 @@ worker's runs come back under their own delivery budget, and a frozen process th
   says "Refused to move from running to running".
 - SIGSTOP of the pool process running a scrape, past its lease, then SIGCONT after the run was re-queued and
   started elsewhere: the old process sends no other request to the site.
+- SIGTERM to a worker deleting a collection (held in a chunk by a row lock, PostgreSQL): the chunk ends, the
+  job hands back before the next one, and worker B deletes the rest; no asset is deleted twice.
 - ``curatore dev`` stopped with Ctrl-C mid-scrape and started again: the run was handed back and completes.
 - A job that never checks: after the grace the main process hands its run back and ends its pool process.
 """
@@ -288,6 +290,63 @@ def test_sigterm_hands_a_sharepoint_sync_back_and_each_file_is_downloaded_once(b
     stored = in_transaction(lambda s: s.execute(stmt).scalars().all())
     assert sorted(a.filename for a in stored) == sorted(f"f{n}.txt" for n in range(1, files + 1))
     assert len(children) == files and all(_row(c.id).status == S.COMPLETED for c in children)
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_hands_a_deletion_back_and_each_asset_is_deleted_once(pg_backend: Backend, tmp_path: Path) -> None:
+    """A collection deletion on worker A, held inside its first chunk's DELETE by a row lock this test takes
+    (PostgreSQL), gets SIGTERM: the chunk finishes, the job hands back at its check before the next one and
+    worker B deletes the rest; every asset is deleted once, by one of them."""
+    import psycopg
+
+    from backend.auth.orgs import ensure_org
+    from backend.config import get_settings
+    from backend.queues.dispatch import submit_run
+    from backend.storage.assets import _path_for, store_bytes
+
+    org = ensure_org("handback-del", "Hand-back deletion")
+    total = 300  # three chunks of 100
+    made = [store_bytes(org.id, f"doc-{n}.txt", f"document {n}".encode()) for n in range(total)]
+    ids = [a.id for a in made]
+    in_transaction(lambda s: s.execute(Asset.__table__.update().where(Asset.id.in_(ids)).values(collection_id="bulk")))
+    url = get_settings().database_url.replace("postgresql+psycopg://", "postgresql://")
+    locker = psycopg.connect(url)
+    locker.execute("SELECT id FROM assets WHERE collection_id = 'bulk' FOR UPDATE").fetchall()  # held until commit
+
+    def blocked_deletes() -> int:
+        with psycopg.connect(url, autocommit=True) as c:
+            return c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                             "wait_event_type = 'Lock' AND query ILIKE 'DELETE FROM assets%'").fetchone()[0]
+
+    a = WorkerProcess(pg_backend, tmp_path / "a.log", concurrency=1)
+    b: WorkerProcess | None = None
+    try:
+        a.wait_ready()
+        run = submit_run("deletion", {"resource_type": "collection", "resource_id": "bulk"}, organization_id=org.id)
+        _running_on(run.id, _node(a))
+        wait_for(lambda: blocked_deletes() > 0, 60, what="the first chunk's DELETE to wait for the lock")
+        b = WorkerProcess(pg_backend, tmp_path / "b.log", concurrency=1)
+        b.wait_ready()
+        os.killpg(a.proc.pid, signal.SIGTERM)
+        wait_for(lambda: "Warm shutdown" in a.output(), 30, what="worker A to begin its warm shutdown")
+        locker.rollback()  # the first chunk goes through; the job hands back before the second
+        _running_on(run.id, _node(b), timeout=60)
+        _assert_warm(a)
+        done = _ended(run.id)
+    finally:
+        locker.close()
+        a.stop()
+        if b is not None:
+            b.stop()
+
+    assert RunStatus(done.status) is S.COMPLETED, done.error_message
+    handed = _events(run.id, "handed_back")
+    assert handed and all(_node(a) in e.message for e in handed) and len(_events(run.id, "complete")) == 1
+    assert not _events(run.id, "stale", "redelivered", "transition_refused")
+    assert done.results_summary["assets_deleted"] == total - 100  # B deleted what A had not: nothing twice
+    assert done.results_summary["files_missing"] == 0
+    left = in_transaction(lambda s: s.execute(select(Asset.id).where(Asset.id.in_(ids))).all())
+    assert left == [] and not any(_path_for(a.storage_key).exists() for a in made)
 
 
 # --------------------------------------------------------------------------- SIGKILL, again and again
