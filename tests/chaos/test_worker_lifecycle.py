@@ -449,11 +449,12 @@ def test_a_frozen_process_that_lost_its_lease_sends_no_more_requests(fast_pg: Ba
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         first_gate.set()  # the answer to /p3 waits in the frozen process's socket
-        second_gate = site.hold("/p2")  # the new execution will wait at /p2
+        # the new execution continues from A's checkpoint (/, /p1, /p2 kept) and will wait at /p3 in its turn
+        second_gate = site.hold("/p3")
         b = WorkerProcess(fast_pg, tmp_path / "b.log", concurrency=1, queues="scrape", extra_env=ALLOW_PRIVATE)
         b.wait_ready()
         _running_on(run.id, _node(b), attempt=2, timeout=60)  # stale, re-queued, started on B
-        wait_for(lambda: site.blocked("/p2") >= 1 and site.count("/p2") == 2, 60, what="B to reach /p2")
+        wait_for(lambda: site.blocked("/p3") >= 2 and site.count("/p3") == 2, 60, what="B to reach /p3")
         before = site.count("/p4")
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
@@ -477,6 +478,7 @@ def test_a_frozen_process_that_lost_its_lease_sends_no_more_requests(fast_pg: Ba
 
     assert RunStatus(done.status) is S.COMPLETED and done.dispatch_attempt == 2, done.error_message
     assert site.count("/p4") == 1  # fetched by B only
+    assert site.count("/") == site.count("/p1") == site.count("/p2") == 1  # B did not fetch A's pages again
     assert len(_events(run.id, "complete")) == 1
     line = _events(run.id, "redelivered")[0].message
     assert "died or froze while the node is up" in line and _node(a) in line, line
