@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import REDIS_URL, Backend, WorkerProcess
 from tests.processes import ROOT, free_port, stop_group, wait_answering
 from tests.reflex_client import ReflexClient, sign_in
+from tests.support import run_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -176,7 +177,7 @@ def test_two_web_processes_two_workers_every_event_once_through_reconnects_and_a
         await asyncio.gather(*[c.disconnect() for c in [*detail.values(), *lists.values()]], return_exceptions=True)
         return out
 
-    seen = asyncio.run(scenario())
+    seen = run_async(scenario)
     assert seen["moved"] is not None and seen["detail"][("default", 1)] is seen["moved"]
     for (queue, web), client in seen["detail"].items():
         messages = _messages(client)

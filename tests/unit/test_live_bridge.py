@@ -11,6 +11,7 @@ from typing import Any
 import reflex as rx
 
 from curatore_ui.live import Bridge, Watch
+from tests.support import run_async
 
 
 class ListState(rx.State):
@@ -71,7 +72,7 @@ def test_a_closed_tab_gets_nothing_and_the_others_get_everything_in_order() -> N
         bridge._fan_out([event(3)])
         await _settle(bridge)
 
-    asyncio.run(main())
+    run_async(main)
     assert [s for batch in clients["open"].batches for s in batch] == [1, 2, 3]
     assert clients["closed"].batches == []
 
@@ -89,7 +90,7 @@ def test_events_for_a_busy_client_coalesce_and_a_slow_client_holds_up_no_one() -
         assert [s for b in clients["fast"].batches for s in b] == [1, 2, 3, 4]  # not waiting for the slow one
         await _settle(bridge)
 
-    asyncio.run(main())
+    run_async(main)
     assert clients["slow"].batches == [[1], [2, 3, 4]]  # what arrived meanwhile came as one delivery
 
 
@@ -102,5 +103,5 @@ def test_events_a_client_state_already_has_are_not_applied_again() -> None:
         bridge._fan_out([event(1), event(2), event(3)])
         await _settle(bridge)
 
-    asyncio.run(main())
+    run_async(main)
     assert clients["tab"].batches == [[3]]

@@ -7,6 +7,7 @@ import threading
 import time
 
 from curatore_ui.live import SharedReads
+from tests.support import run_async
 
 
 class Source:
@@ -38,7 +39,7 @@ def test_many_watchers_of_one_scope_cost_one_read() -> None:
         return await asyncio.gather(*[shared.get("scope", 7, source.read, lambda: source.position)
                                       for _ in range(50)])
 
-    assert asyncio.run(main()) == [7] * 50
+    assert run_async(main) == [7] * 50
     assert source.reads == 1 and shared.computations == 1
 
 
@@ -49,7 +50,7 @@ def test_distinct_scopes_are_read_separately() -> None:
         await asyncio.gather(shared.get(("org-a", 1), 0, source.read, lambda: 0),
                              shared.get(("org-b", 1), 0, source.read, lambda: 0))
 
-    asyncio.run(main())
+    run_async(main)
     assert source.reads == 2
 
 
@@ -64,7 +65,7 @@ def test_a_watcher_needing_a_newer_position_than_the_read_in_flight_gets_a_newer
         second = await shared.get("scope", 6, source.read, lambda: source.position)
         return await first, second
 
-    assert asyncio.run(main()) == (5, 6)
+    assert run_async(main) == (5, 6)
     assert source.reads == 2
 
 
@@ -76,7 +77,7 @@ def test_a_result_that_is_recent_enough_is_reused_without_reading() -> None:
         await shared.get("scope", 9, source.read, lambda: source.position)
         assert await shared.get("scope", 3, source.read, lambda: source.position) == 9
 
-    asyncio.run(main())
+    run_async(main)
     assert source.reads == 1
 
 
@@ -88,7 +89,7 @@ def test_reads_of_one_scope_are_spaced_by_the_interval() -> None:
             source.position = position
             assert await shared.get("scope", position, source.read, lambda: source.position) == position
 
-    asyncio.run(main())
+    run_async(main)
     assert source.reads == 3
     gaps = [start - end for start, end in zip(source.starts[1:], source.ends[:-1])]
     assert all(gap >= 0.2 for gap in gaps), gaps
@@ -106,11 +107,11 @@ def test_a_failed_read_reaches_every_waiter_and_is_not_kept() -> None:
         return await asyncio.gather(*[shared.get("scope", 1, broken, lambda: 1) for _ in range(3)],
                                     return_exceptions=True)
 
-    outcomes = asyncio.run(main())
+    outcomes = run_async(main)
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     assert len(calls) == 1
 
     async def again() -> int:
         return await shared.get("scope", 1, lambda: 42, lambda: 1)
 
-    assert asyncio.run(again()) == 42
+    assert run_async(again) == 42
