@@ -57,7 +57,9 @@ def settings_conf() -> dict[str, Any]:
         "task_default_queue": "default",
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 3,
-        "worker_send_task_events": True,
+        # Celery's task events (three messages per task) are off: a run's states are in the engine's own tables,
+        # and nothing reads the events.
+        "worker_send_task_events": False,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "enable_utc": True,

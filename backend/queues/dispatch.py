@@ -38,6 +38,13 @@ def create_and_dispatch(create: Callable[[Session], Run]) -> Run:
     return _create_and_publish(lambda s: [create(s)])[0]
 
 
+def _claimed_at_creation(run: Run) -> dispatcher.Claimed:
+    """A run ``create_run`` wrote submitted (``direct``), to be published like a claimed one."""
+    job_type = get_registry().resolve(run.run_type)
+    return dispatcher.Claimed(run.id, job_type.task_name, run.queue, run.dispatch_attempt, run.celery_task_id or "",
+                              job_type.timeout_seconds)
+
+
 def submit_many(specs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]], batch: int = 500) -> list[Run]:
     """Create and dispatch many runs (a fan-out): ``(run_type, config, create_run keyword arguments)`` each, one
     transaction and one dispatch pass per queue for every ``batch`` of them, published after each commit.
@@ -60,7 +67,12 @@ def _create_and_publish(create: Callable[[Session], list[Run]]) -> list[Run]:
 
     def write(s: Session) -> tuple[list[Run], dict[str, list[dispatcher.Claimed] | None]]:
         created = create(s)
-        return created, {queue: dispatcher.claim(s, queue) for queue in sorted({r.queue for r in created})}
+        direct = [r for r in created if r.status == RunStatus.SUBMITTED]  # went straight to a worker (direct_slot)
+        claimed: dict[str, list[dispatcher.Claimed] | None] = {r.queue: [_claimed_at_creation(r)] for r in direct}
+        for queue in sorted({r.queue for r in created if r.status == RunStatus.PENDING}):
+            claimed[queue] = [*claimed.get(queue, []), *(dispatcher.claim(s, queue) or [])] if queue in claimed \
+                else dispatcher.claim(s, queue)
+        return created, claimed
 
     created, claimed = in_transaction(write)
     outcome: dict[uuid.UUID, Exception | None] = {}
@@ -96,7 +108,8 @@ def dispatch_after_commit(session: Session, run_id: uuid.UUID) -> None:
 
 def submit_run(run_type: str, config: dict[str, Any], **kwargs: Any) -> Run:
     """Create a run and dispatch it. Raises before writing if the type or config is invalid."""
-    return create_and_dispatch(lambda s: service.create_run(run_type, config, session=s, **kwargs))
+    return create_and_dispatch(lambda s: service.create_run(run_type, config, session=s,
+                                                            direct=dispatcher.direct_slot, **kwargs))
 
 
 def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:
@@ -121,6 +134,7 @@ def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:
             input_asset_ids=original.input_asset_ids,
             retry_of=original.id,
             attempt=original.attempt + 1,
+            direct=dispatcher.direct_slot,
             session=s,
         )
         service.add_log(run.id, "INFO", "retry", f"Retry of {original.id} (attempt {run.attempt})",

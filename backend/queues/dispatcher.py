@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, select
+from sqlalchemy import and_, bindparam, func, literal, not_, or_, select
 
 from backend.db.engine import in_transaction
 from backend.db.models import Run
@@ -90,8 +90,55 @@ def fair_pick(
     return picked
 
 
+_TRY_LOCK = select(func.pg_try_advisory_xact_lock(bindparam("key")))
+
+
 def _lock_key(queue: str) -> int:
     return 0x44495300 + zlib.crc32(queue.encode()) % 100_000  # "DIS" + queue
+
+
+def _type_limit(registry: Any, run_type: str) -> tuple[int | None, list[str]]:
+    """A job type's own concurrency limit (None: only its queue's), and every name its runs may carry."""
+    job_type = registry.resolve(run_type)
+    return job_type.max_concurrency or None, [job_type.key, *job_type.aliases]
+
+
+def _direct_check(with_type: bool) -> Any:
+    """What :func:`direct_slot` reads, in one statement (built once): the runs occupying ``:queue``'s slots,
+    whether a run waits in it, and (``with_type``) the occupying runs of the type (``:names``)."""
+    occupying = [Run.queue == bindparam("queue"), Run.status.in_(OCCUPYING), not_(WAITING_PARENT)]
+    of_type = (select(func.count()).where(*occupying, Run.run_type.in_(bindparam("names", expanding=True)))
+               .scalar_subquery() if with_type else literal(0))
+    return select(
+        select(func.count()).where(*occupying).scalar_subquery(),
+        select(Run.id).where(Run.status == S.PENDING, Run.queue == bindparam("queue"),
+                             or_(Run.not_before.is_(None), Run.not_before <= bindparam("now"))).limit(1).exists(),
+        of_type,
+    )
+
+
+_DIRECT_CHECK, _DIRECT_CHECK_WITH_TYPE = _direct_check(False), _direct_check(True)
+
+
+def direct_slot(session: Any, queue: str, run_type: str) -> str | None:
+    """Whether a run of ``run_type`` created now in ``session``'s transaction may go straight to a worker, without
+    a dispatch pass: the queue has a free slot (and the type, when it has a limit of its own) and no run waits
+    in it, so no fairness is at stake (a pass would claim that run alone). Returns the new Celery task id, or
+    None: the run is then created pending and a pass decides. Answers ``create_run``'s ``direct``: see
+    :data:`backend.runs.service.DirectSlot`. On PostgreSQL it takes the queue's dispatch lock, as a pass does,
+    and holds it to the commit (None when another dispatcher holds it)."""
+    registry = get_registry()
+    if queue not in registry.queues:
+        return None
+    if session.get_bind().dialect.name == "postgresql":
+        if not session.execute(_TRY_LOCK, {"key": _lock_key(queue)}).scalar_one():
+            return None
+    type_limit, names = _type_limit(registry, run_type)
+    check = _DIRECT_CHECK if type_limit is None else _DIRECT_CHECK_WITH_TYPE
+    active, waiting, type_active = session.execute(check, {"queue": queue, "now": utcnow(), "names": names}).one()
+    if waiting or active >= registry.queues[queue].max_concurrency or (type_limit and type_active >= type_limit):
+        return None
+    return str(uuid.uuid4())
 
 
 def claim(session: Any, queue: str) -> list[Claimed] | None:

@@ -11,11 +11,14 @@ After commit, :func:`notify` wakes listeners through Redis.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import threading
 import uuid
 from typing import Any
 
-from sqlalchemy import ARRAY, Text, bindparam, func, insert, literal, select, update
+from sqlalchemy import ARRAY, Text, bindparam, func, insert, literal, select, union_all, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session
 
@@ -42,54 +45,107 @@ def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, An
     has them already (read from the run otherwise). ``log_row``: an activity-log line to insert with it, whose
     id the payload's ``event`` then carries (on PostgreSQL both rows in one statement). Listeners are woken
     once the transaction commits."""
+    append_many(session, run_id, [(kind, payload, log_row)], route)
+
+
+def append_many(session: Session, run_id: uuid.UUID, changes: list[tuple[str, dict[str, Any], dict[str, Any] | None]],
+                route: Any = None) -> None:
+    """:func:`append` for several changes of one run, in this order: ``(kind, payload, log_row)`` each. On
+    PostgreSQL every log line and outbox row goes in one statement (a log line's insert is a CTE read by its
+    outbox row's branch of a ``UNION ALL``, so lines and rows are numbered in the given order)."""
     if route is None:
         route = session.execute(select(*ROUTE_COLUMNS).where(Run.id == run_id)).one()
-    payload = payload | {
-        "run": {
-            "run_type": route.run_type,
-            "display_name": route.display_name,
-            "parent_run_id": str(route.parent_run_id) if route.parent_run_id else None,
-            "resource_type": route.resource_type,
-            "resource_id": route.resource_id,
-        }
+    about = {
+        "run_type": route.run_type,
+        "display_name": route.display_name,
+        "parent_run_id": str(route.parent_run_id) if route.parent_run_id else None,
+        "resource_type": route.resource_type,
+        "resource_id": route.resource_id,
     }
-    row = {"organization_id": route.organization_id, "run_id": run_id, "kind": kind, "created_at": utcnow()}
-    if log_row is None:
-        session.execute(insert(OutboxEvent).values(payload=payload, **row))
-    elif session.get_bind().dialect.name == "postgresql":
-        line = insert(RunLogEvent).values(**log_row).returning(RunLogEvent.id).cte("line")
-        with_id = func.jsonb_set(bindparam("payload", payload, type_=JSONB), literal(["event", "id"], ARRAY(Text)),
-                                 func.to_jsonb(line.c.id))
-        columns = [*row, "payload"]
-        session.execute(insert(OutboxEvent).from_select(
-            columns, select(*(literal(v, OutboxEvent.__table__.c[k].type) for k, v in row.items()), with_id)))
+    rows = [({"organization_id": route.organization_id, "run_id": run_id, "kind": kind, "created_at": utcnow()},
+             payload | {"run": about}, log_row) for kind, payload, log_row in changes]
+    if session.get_bind().dialect.name == "postgresql" and all(log_row is not None for *_, log_row in rows):
+        params: dict[str, Any] = {}
+        for n, (row, payload, log_row) in enumerate(rows):
+            params |= {f"o{n}_{k}": v for k, v in row.items()} | {f"o{n}_payload": payload}
+            params |= {f"l{n}_{k}": v for k, v in log_row.items()}  # type: ignore[union-attr]
+        session.execute(_logged_changes(len(rows)), params)
     else:
-        payload["event"]["id"] = session.execute(
-            insert(RunLogEvent).values(**log_row).returning(RunLogEvent.id)).scalar_one()
-        session.execute(insert(OutboxEvent).values(payload=payload, **row))
+        for row, payload, log_row in rows:
+            if log_row is not None:
+                payload["event"]["id"] = session.execute(
+                    insert(RunLogEvent).values(**log_row).returning(RunLogEvent.id)).scalar_one()
+            session.execute(insert(OutboxEvent).values(payload=payload, **row))
     if not session.info.get("outbox_notify"):
         session.info["outbox_notify"] = True
         after_commit(session, notify)
 
 
-_redis_client = None
+_OUTBOX_KEYS = ("organization_id", "run_id", "kind", "created_at")
+_LOG_KEYS = ("run_id", "level", "event_type", "message", "context", "created_at")
+
+
+@functools.cache
+def _logged_changes(n: int) -> Any:
+    """PostgreSQL: ``n`` log lines and their outbox rows in one statement, built once (parameters ``l{i}_*`` and
+    ``o{i}_*``): each line's INSERT is a CTE read by its outbox row's branch of a ``UNION ALL``, and the row's
+    payload gets the line's id, so lines and rows are numbered in order."""
+    outbox, lines = OutboxEvent.__table__.c, RunLogEvent.__table__.c
+    branches = []
+    for i in range(n):
+        line = (insert(RunLogEvent.__table__).values({k: bindparam(f"l{i}_{k}", type_=lines[k].type)
+                                                      for k in _LOG_KEYS}).returning(lines.id).cte(f"line{i}"))
+        payload = func.jsonb_set(bindparam(f"o{i}_payload", type_=JSONB), literal(["event", "id"], ARRAY(Text)),
+                                 func.to_jsonb(line.c.id))
+        branches.append(select(*(bindparam(f"o{i}_{k}", type_=outbox[k].type) for k in _OUTBOX_KEYS), payload))
+    return insert(OutboxEvent.__table__).from_select([*_OUTBOX_KEYS, "payload"],
+                                                     branches[0] if n == 1 else union_all(*branches))
+
+
+class _Notifier(threading.Thread):
+    """Publishes the wake-ups of one process, off the writers' path: a commit only sets an event, and a burst of
+    commits while a publish is on its way costs one more publish, not one each."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(name="outbox-notify", daemon=True)
+        self.url = url
+        self.pending = threading.Event()
+        self.client: Any = None
+
+    def run(self) -> None:
+        while True:
+            self.pending.wait()
+            self.pending.clear()
+            try:
+                if self.client is None:
+                    import redis
+
+                    self.client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=1)
+                self.client.publish(NOTIFY_CHANNEL, b"1")
+            except Exception as exc:  # noqa: BLE001 - listeners fall back to polling
+                log.debug("outbox notify failed: %s", exc)
+                self.client = None
+
+
+_notifiers: dict[tuple[int, str], _Notifier] = {}
+_notifiers_lock = threading.Lock()
 
 
 def notify() -> None:
-    """Wake the live listeners (Redis pub/sub). Best effort: they also poll."""
-    global _redis_client
+    """Wake the live listeners (Redis pub/sub), from a thread of this process's own. Best effort: they also
+    poll."""
     url = get_settings().redis_url
     if not url:
         return
-    try:
-        if _redis_client is None:
-            import redis
-
-            _redis_client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-        _redis_client.publish(NOTIFY_CHANNEL, b"1")
-    except Exception as exc:  # listeners fall back to polling
-        log.debug("outbox notify failed: %s", exc)
-        _redis_client = None
+    key = (os.getpid(), url)  # a forked worker process starts its own thread
+    notifier = _notifiers.get(key)
+    if notifier is None:
+        with _notifiers_lock:
+            notifier = _notifiers.get(key)
+            if notifier is None:
+                notifier = _notifiers[key] = _Notifier(url)
+                notifier.start()
+    notifier.pending.set()
 
 
 def relay(session: Session) -> int:

@@ -37,6 +37,10 @@ MAX_MESSAGE = 4000
 # neither groups nor Celery): run groups count a child's end in its terminal transaction; the Celery link
 # revokes the task of a run that ended before it started, after the commit.
 TerminalHook = Callable[[Session, uuid.UUID, RunStatus, Any], None]
+# Asked by ``create_run`` in its transaction (``direct=``): may a run of this type, created now, go straight to a
+# worker in ``queue`` (nothing waits there, and it has a free slot)? Returns the Celery task id it is to be
+# published with, or None. The dispatcher answers it (``backend.queues.dispatcher.direct_slot``).
+DirectSlot = Callable[[Session, str, str], "str | None"]
 TaskDroppedHook = Callable[[str], None]
 _terminal_hooks: list[TerminalHook] = []
 _task_dropped_hooks: list[TaskDroppedHook] = []
@@ -103,13 +107,22 @@ def _event(row: dict[str, Any]) -> dict[str, Any]:
 def _record(session: Session, run_id: uuid.UUID, level: LogLevel, event_type: str, message: str,
             context: dict[str, Any] | None, kind: str, payload: dict[str, Any], route: Any = None) -> None:
     """A log line and the outbox row that carries it (``payload`` plus ``event``: the line)."""
+    outbox.append_many(session, run_id, [_change_row(run_id, level, event_type, message, context, kind, payload)],
+                       route=route)
+
+
+def _change_row(run_id: uuid.UUID, level: LogLevel, event_type: str, message: str, context: dict[str, Any] | None,
+                kind: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """One change for :func:`outbox.append_many`: its kind, payload (with ``event``: the log line) and log line."""
     row = _log_row(run_id, level, event_type, message, context)
-    outbox.append(session, run_id, kind, payload | {"event": _event(row)}, route=route, log_row=row)
+    return kind, payload | {"event": _event(row)}, row
 
 
 # --------------------------------------------------------------------------- creation
 
-_RUN_COLUMNS = tuple(Run.__table__.columns)
+_RUNS = Run.__table__
+_RUN_COLUMNS = tuple(_RUNS.columns)
+_INSERT_RUN = insert(_RUNS)
 
 
 def create_run(
@@ -128,9 +141,11 @@ def create_run(
     attempt: int = 1,
     not_before: datetime | None = None,
     check_duplicates: bool = True,
+    direct: DirectSlot | None = None,
     session: Session | None = None,
 ) -> Run:
-    """Validate and write a pending run. An invalid config, or the same job already active on the same
+    """Validate and write a pending run (``direct``: or a submitted one, when the dispatcher says it may go
+    straight to a worker: see :data:`DirectSlot`; the caller publishes it after the commit). An invalid config, or the same job already active on the same
     resource (or within the type's cooldown), raises before anything is written. Every caller (API, UI, CLI,
     schedules, children) gets the same input checks (:mod:`backend.validation`): strict types, storable text,
     and the config's size and depth limits."""
@@ -147,6 +162,8 @@ def create_run(
         resource_id = job_type.resource_id_from(clean)
         if check_duplicates and resource_id is not None:
             _refuse_duplicate(s, job_type, organization_id, resource_id)
+        task_id = direct(s, job_type.queue, run_type) if direct is not None and not_before is None else None
+        now = utcnow()
         run = Run(
             organization_id=organization_id,
             run_type=run_type,
@@ -165,11 +182,24 @@ def create_run(
             retry_of=retry_of,
             attempt=attempt,
             not_before=not_before,
-            last_activity_at=utcnow(),
+            created_at=now,
+            last_activity_at=now,
         )
-        s.execute(insert(Run).values(**{c.key: getattr(run, c.key) for c in _RUN_COLUMNS}))
-        _record(s, run.id, LogLevel.INFO, "created", f"{job_type.label} run created", {"origin": origin.value},
-                "created", {"status": S.PENDING.value}, route=run)
+        changes = [_change_row(run.id, LogLevel.INFO, "created", f"{job_type.label} run created",
+                               {"origin": origin.value}, "created", {"status": S.PENDING.value})]
+        if task_id is not None:  # what mark_submitted would write, in the same statements
+            queued = {"submitted_at": now, "submitted_to_celery_at": now, "celery_task_id": task_id,
+                      "dispatch_attempt": 1}
+            for key, value in queued.items():
+                setattr(run, key, value)
+            run.status = S.SUBMITTED
+            changes.append(_change_row(
+                run.id, LogLevel.INFO, EVENT_TYPES[S.SUBMITTED], "Queued for a worker",
+                {"from": S.PENDING.value, "to": S.SUBMITTED.value}, "status",
+                {"status": S.SUBMITTED.value, "from": S.PENDING.value,
+                 "fields": _json_safe({"last_activity_at": now} | queued)}))
+        s.execute(_INSERT_RUN, {c.key: getattr(run, c.key) for c in _RUN_COLUMNS})
+        outbox.append_many(s, run.id, changes, route=run)
         return run
 
     return in_transaction(write, session)
@@ -284,9 +314,10 @@ def _move(
     now = utcnow()
     stamp = _stamps(to, now) | (values or {})
     conditions = [Run.id == run_id, Run.status == current] + ([guard] if guard is not None else [])
-    changed_run = update(Run).where(*conditions).values(**stamp).execution_options(synchronize_session=False)
+    changed_run = update(_RUNS).where(*conditions).values(**stamp)  # Core: no ORM bookkeeping on the hot path
     if entity:
-        route = session.scalars(changed_run.returning(Run).execution_options(populate_existing=True)).first()
+        row = session.execute(changed_run.returning(*_RUN_COLUMNS)).first()
+        route = None if row is None else Run(**row._mapping)
     else:
         route = session.execute(changed_run.returning(*ROUTE)).first()
     if route is None:
