@@ -5,13 +5,15 @@
 For each mode (PostgreSQL + Redis; the embedded default: SQLite + the SQLite broker) it measures, in one run:
 
 - **engine**: ``--runs`` no-op runs submitted with ``submit_run`` from this process, executed by a real
-  ``curatore worker -c N``; runs/s from the first submit until the last run is ``completed``, and the submit
-  cost per run;
+  ``curatore worker -c N``; runs/s from the first submit until the last run is ``completed``, the submit
+  cost per run, and the CPU time per run of each process involved (this one, the worker's main and pool
+  processes, the database's backends, redis-server: from /proc);
 - **bare Celery**: the same number of no-op tasks sent with ``send_task`` to a plain Celery app on the same
   broker URL, with the same settings (prefork, ``-c N``, ``acks_late``, prefetch 1); tasks/s until the last one
   ran (each appends a line to a file);
 - **statements per run**: SQL statements and transactions of one run's life, counted in this process by
-  submitting a run and executing it here (``backend.worker.base.execute``, no Celery in between).
+  submitting a run and executing it here (``backend.worker.base.execute``, no Celery in between);
+- **submit alone**: ``submit_run`` with no worker beside it, and ``submit_many`` per run (a batch of 500).
 
 It prints one table per mode with the ratio engine / bare, and writes nothing outside temporary folders and
 a throw-away PostgreSQL database. The worker queue's limit is raised for the benchmark so that the limit
@@ -119,6 +121,47 @@ def _wait(what: str, done: Any, target: int, proc: subprocess.Popen[bytes], log:
     return time.perf_counter()
 
 
+# --------------------------------------------------------------------------- where the CPU goes
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone, or where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _HZ
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process (empty where there is no /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            found.append((int(entry.name), parent, (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def cpu_snapshot(worker_pid: int, database: str | None) -> dict[str, float]:
+    """CPU seconds used so far by this process (the submitter), the worker's main process, its pool processes,
+    the PostgreSQL backends of ``database`` and redis-server (which other users of it share)."""
+    snapshot = {"submitter": _cpu_seconds(os.getpid()), "worker main": _cpu_seconds(worker_pid),
+                "worker pool": 0.0, "postgres": 0.0, "redis": 0.0}
+    for pid, parent, cmdline in _processes():
+        if parent == worker_pid:
+            snapshot["worker pool"] += _cpu_seconds(pid)
+        elif database and cmdline.startswith("postgres:") and f" {database} " in cmdline:
+            snapshot["postgres"] += _cpu_seconds(pid)
+        elif "redis-server" in cmdline:
+            snapshot["redis"] += _cpu_seconds(pid)
+    return snapshot
+
+
 # --------------------------------------------------------------------------- the engine
 
 
@@ -147,6 +190,9 @@ def engine_rate(env: dict[str, str], runs: int, concurrency: int, data_dir: Path
         _wait("engine warm-up", lambda: completed() - base, concurrency, worker, log, 120)
         base = completed()
         submit_times = []
+        database = env.get("CURATORE_DATABASE_URL", "").rsplit("/", 1)[-1] if "postgresql" in \
+            env.get("CURATORE_DATABASE_URL", "") else None
+        cpu_before = cpu_snapshot(worker.pid, database)
         started = time.perf_counter()
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -154,11 +200,13 @@ def engine_rate(env: dict[str, str], runs: int, concurrency: int, data_dir: Path
             submit_times.append(time.perf_counter() - t0)
         submitted = time.perf_counter()
         ended = _wait("engine", lambda: completed() - base, runs, worker, log, 600)
+        cpu_after = cpu_snapshot(worker.pid, database)
     finally:
         stop_group(worker, signal.SIGQUIT, 15)
     return {"rate": runs / (ended - started), "submit_ms": statistics.mean(submit_times) * 1000,
             "submit_p95_ms": sorted(submit_times)[int(len(submit_times) * 0.95)] * 1000,
-            "submit_phase_s": submitted - started}
+            "submit_phase_s": submitted - started,
+            "cpu_ms_per_run": {k: (cpu_after[k] - cpu_before[k]) * 1000 / runs for k in cpu_after}}
 
 
 # --------------------------------------------------------------------------- bare Celery
@@ -241,6 +289,22 @@ def statements_per_run(samples: int = 20) -> dict[str, float]:
             "execute_transactions": statistics.mean(run["commits"])}
 
 
+def submit_alone(runs: int = 200) -> dict[str, float]:
+    """``submit_run`` with no worker running beside it (its runs stay submitted: measured last, like
+    :func:`bulk_submit`): what a submit costs on its own, where the engine rate's submits share the CPU."""
+    from backend.auth.orgs import ensure_org
+    from backend.queues.dispatch import submit_run
+
+    org = ensure_org("bench", "Bench")
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        submit_run("bench_noop", {}, organization_id=org.id)
+        times.append(time.perf_counter() - t0)
+    return {"submit_alone_ms": statistics.mean(times) * 1000,
+            "submit_alone_p95_ms": sorted(times)[int(len(times) * 0.95)] * 1000}
+
+
 def bulk_submit(runs: int = 500) -> dict[str, float]:
     """``submit_many`` of ``runs`` no-op runs in one batch (created, claimed and published; no worker)."""
     from backend.auth.orgs import ensure_org
@@ -261,7 +325,7 @@ def measure(mode: str, runs: int, concurrency: int) -> dict[str, Any]:
         statements = statements_per_run()
         engine = engine_rate(env, runs, concurrency, data_dir)
         bare = bare_rate(env, runs, concurrency, data_dir)
-        statements |= bulk_submit()  # last: its messages are never consumed
+        statements |= submit_alone() | bulk_submit()  # last: their messages are never consumed
     return {"mode": mode, "runs": runs, "concurrency": concurrency, "engine": engine, "bare": bare,
             "statements": statements, "ratio": engine["rate"] / bare["rate"]}
 
@@ -274,11 +338,16 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"  {'bare Celery tasks/s':<34}{b['rate']:>10.1f}")
     print(f"  {'ratio engine / bare':<34}{result['ratio']:>10.2f}x")
     print(f"  {'submit_run mean / p95 (ms)':<34}{e['submit_ms']:>10.2f} / {e['submit_p95_ms']:.2f}")
+    print(f"  {'submit_run alone mean / p95 (ms)':<34}{s['submit_alone_ms']:>10.2f} / {s['submit_alone_p95_ms']:.2f}")
     print(f"  {'submit_many per run (ms)':<34}{s['bulk_submit_ms']:>10.2f}")
     print(f"  {'statements / transactions: submit':<34}{s['submit_statements']:>10.1f} / "
           f"{s['submit_transactions']:.1f}")
     print(f"  {'statements / transactions: execute':<34}{s['execute_statements']:>10.1f} / "
           f"{s['execute_transactions']:.1f}")
+    cpu = e.get("cpu_ms_per_run") or {}
+    if any(cpu.values()):
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v or k != "postgres")
+        print(f"  {'CPU ms per run':<34}{sum(cpu.values()):>10.2f}  ({parts})")
 
 
 def main(argv: list[str] | None = None) -> int:

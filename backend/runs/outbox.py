@@ -49,10 +49,15 @@ def append(session: Session, run_id: uuid.UUID, kind: str, payload: dict[str, An
 
 
 def append_many(session: Session, run_id: uuid.UUID, changes: list[tuple[str, dict[str, Any], dict[str, Any] | None]],
-                route: Any = None) -> None:
+                route: Any = None, new_run: dict[str, Any] | None = None) -> None:
     """:func:`append` for several changes of one run, in this order: ``(kind, payload, log_row)`` each. On
     PostgreSQL every log line and outbox row goes in one statement (a log line's insert is a CTE read by its
-    outbox row's branch of a ``UNION ALL``, so lines and rows are numbered in the given order)."""
+    outbox row's branch of a ``UNION ALL``, so lines and rows are numbered in the given order). ``new_run``: the
+    run's row, to be inserted first (on PostgreSQL in the same statement)."""
+    pg = session.get_bind().dialect.name == "postgresql"
+    if new_run is not None and not (pg and all(log_row is not None for *_, log_row in changes)):
+        session.execute(_INSERT_RUN, new_run)
+        new_run = None
     if route is None:
         route = session.execute(select(*ROUTE_COLUMNS).where(Run.id == run_id)).one()
     about = {
@@ -64,12 +69,12 @@ def append_many(session: Session, run_id: uuid.UUID, changes: list[tuple[str, di
     }
     rows = [({"organization_id": route.organization_id, "run_id": run_id, "kind": kind, "created_at": utcnow()},
              payload | {"run": about}, log_row) for kind, payload, log_row in changes]
-    if session.get_bind().dialect.name == "postgresql" and all(log_row is not None for *_, log_row in rows):
-        params: dict[str, Any] = {}
+    if pg and all(log_row is not None for *_, log_row in rows):
+        params: dict[str, Any] = {f"r_{k}": v for k, v in (new_run or {}).items()}
         for n, (row, payload, log_row) in enumerate(rows):
             params |= {f"o{n}_{k}": v for k, v in row.items()} | {f"o{n}_payload": payload}
             params |= {f"l{n}_{k}": v for k, v in log_row.items()}  # type: ignore[union-attr]
-        session.execute(_logged_changes(len(rows)), params)
+        session.execute(_logged_changes(len(rows), new_run is not None), params)
     else:
         for row, payload, log_row in rows:
             if log_row is not None:
@@ -81,23 +86,62 @@ def append_many(session: Session, run_id: uuid.UUID, changes: list[tuple[str, di
         after_commit(session, notify)
 
 
+def logged_update(session: Session, run_id: uuid.UUID, update_run: Any, returning: Any,
+                  change: tuple[str, dict[str, Any], dict[str, Any]]) -> Any:
+    """PostgreSQL: ``update_run`` (an UPDATE of the run ``run_id``), and, only if it changed the row, the change's
+    log line and outbox row (``change``: ``(kind, payload, log_row)``, as :func:`append_many` takes), all in one
+    statement. The outbox payload's ``run`` part is read from the updated row. Returns the ``returning`` columns
+    of the updated row, or None when the UPDATE matched nothing (and nothing was written)."""
+    kind, payload, log_row = change
+    moved = update_run.returning(*returning, *(c for c in ROUTE_COLUMNS if c not in returning)).cte("moved")
+    lines = RunLogEvent.__table__.c
+    line = (insert(RunLogEvent.__table__)
+            .from_select(list(_LOG_KEYS), select(*(literal(log_row[k], lines[k].type) for k in _LOG_KEYS))
+                         .select_from(moved))
+            .returning(lines.id).cte("line"))
+    about = func.jsonb_build_object("run_type", moved.c.run_type, "display_name", moved.c.display_name,
+                                    "parent_run_id", func.cast(moved.c.parent_run_id, Text),
+                                    "resource_type", moved.c.resource_type, "resource_id", moved.c.resource_id)
+    full = func.jsonb_set(literal(payload, JSONB).op("||")(func.jsonb_build_object("run", about)),
+                          literal(["event", "id"], ARRAY(Text)), func.to_jsonb(line.c.id))
+    columns = OutboxEvent.__table__.c
+    row = insert(OutboxEvent.__table__).from_select(
+        [*_OUTBOX_KEYS, "payload"],
+        select(moved.c.organization_id, literal(run_id, columns.run_id.type), literal(kind, columns.kind.type),
+               literal(utcnow(), columns.created_at.type), full).select_from(moved.join(line, literal(True))),
+    ).returning(columns.seq).cte("row")
+    result = session.execute(select(*(moved.c[c.key] for c in returning)).add_cte(row)).first()
+    if result is not None and not session.info.get("outbox_notify"):
+        session.info["outbox_notify"] = True
+        after_commit(session, notify)
+    return result
+
+
 _OUTBOX_KEYS = ("organization_id", "run_id", "kind", "created_at")
 _LOG_KEYS = ("run_id", "level", "event_type", "message", "context", "created_at")
 
 
+_INSERT_RUN = insert(Run.__table__)
+
+
 @functools.cache
-def _logged_changes(n: int) -> Any:
+def _logged_changes(n: int, with_run: bool = False) -> Any:
     """PostgreSQL: ``n`` log lines and their outbox rows in one statement, built once (parameters ``l{i}_*`` and
     ``o{i}_*``): each line's INSERT is a CTE read by its outbox row's branch of a ``UNION ALL``, and the row's
-    payload gets the line's id, so lines and rows are numbered in order."""
+    payload gets the line's id, so lines and rows are numbered in order. ``with_run``: the run's own INSERT
+    (parameters ``r_*``) too, as one more CTE (the lines' foreign key is checked at the end of the statement)."""
     outbox, lines = OutboxEvent.__table__.c, RunLogEvent.__table__.c
-    branches = []
+    branches: list[Any] = []
     for i in range(n):
         line = (insert(RunLogEvent.__table__).values({k: bindparam(f"l{i}_{k}", type_=lines[k].type)
                                                       for k in _LOG_KEYS}).returning(lines.id).cte(f"line{i}"))
         payload = func.jsonb_set(bindparam(f"o{i}_payload", type_=JSONB), literal(["event", "id"], ARRAY(Text)),
                                  func.to_jsonb(line.c.id))
         branches.append(select(*(bindparam(f"o{i}_{k}", type_=outbox[k].type) for k in _OUTBOX_KEYS), payload))
+    if with_run:
+        runs = Run.__table__.c
+        branches[0] = branches[0].add_cte(insert(Run.__table__).values(
+            {c.key: bindparam(f"r_{c.key}", type_=c.type) for c in runs}).returning(runs.id).cte("new_run"))
     return insert(OutboxEvent.__table__).from_select([*_OUTBOX_KEYS, "payload"],
                                                      branches[0] if n == 1 else union_all(*branches))
 

@@ -122,7 +122,6 @@ def _change_row(run_id: uuid.UUID, level: LogLevel, event_type: str, message: st
 
 _RUNS = Run.__table__
 _RUN_COLUMNS = tuple(_RUNS.columns)
-_INSERT_RUN = insert(_RUNS)
 
 
 def create_run(
@@ -198,8 +197,7 @@ def create_run(
                 {"from": S.PENDING.value, "to": S.SUBMITTED.value}, "status",
                 {"status": S.SUBMITTED.value, "from": S.PENDING.value,
                  "fields": _json_safe({"last_activity_at": now} | queued)}))
-        s.execute(_INSERT_RUN, {c.key: getattr(run, c.key) for c in _RUN_COLUMNS})
-        outbox.append_many(s, run.id, changes, route=run)
+        outbox.append_many(s, run.id, changes, route=run, new_run={c.key: getattr(run, c.key) for c in _RUN_COLUMNS})
         return run
 
     return in_transaction(write, session)
@@ -253,6 +251,13 @@ def _stamps(to: RunStatus, now: datetime) -> dict[str, Any]:
 # the run's group and whether it is a group parent (for the terminal hooks), and its dispatch attempt (for
 # mark_submitted).
 ROUTE = (*outbox.ROUTE_COLUMNS, Run.group_id, Run.dispatch_attempt, Run.is_group_parent)
+# Read back by a transition that ends a run (PostgreSQL): whether runs wait for a slot in its queue, kept in the
+# session as ``session.info[QUEUE_WAITING][run_id]`` (see ``backend.worker.base``; SQLite's RETURNING drops the
+# table names the subquery needs, so there the worker reads it).
+QUEUE_WAITING = "queue_waiting"
+_waiting = _RUNS.alias("waiting")
+_QUEUE_WAITING = (select(_waiting.c.id).where(_waiting.c.status == S.PENDING, _waiting.c.queue == _RUNS.c.queue)
+                  .limit(1).exists().label("queue_waiting"))
 
 
 def transition(
@@ -315,6 +320,9 @@ def _move(
     stamp = _stamps(to, now) | (values or {})
     conditions = [Run.id == run_id, Run.status == current] + ([guard] if guard is not None else [])
     changed_run = update(_RUNS).where(*conditions).values(**stamp)  # Core: no ORM bookkeeping on the hot path
+    if session.get_bind().dialect.name == "postgresql":  # the UPDATE, its log line and outbox row: one statement
+        return _move_in_one(session, run_id, current, to, changed_run, stamp, message, level, event_type, context,
+                            entity)
     if entity:
         row = session.execute(changed_run.returning(*_RUN_COLUMNS)).first()
         route = None if row is None else Run(**row._mapping)
@@ -326,6 +334,28 @@ def _move(
     _record(session, run_id, level, event_type or EVENT_TYPES[to], message,
             {"from": current.value, "to": to.value} | (context or {}),
             "status", {"status": to.value, "from": current.value, "fields": _json_safe(changed)}, route=route)
+    if to.is_terminal:
+        _on_terminal(session, run_id, to, route)
+    return route
+
+
+def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, changed_run: Any,
+                 stamp: dict[str, Any], message: str, level: LogLevel, event_type: str | None, context: dict[str, Any] | None,
+                 entity: bool) -> Any:
+    """:func:`_move` on PostgreSQL: the compare-and-set, its log line and outbox row in one statement
+    (``outbox.logged_update``); a run's end also reads whether runs wait in its queue (its worker then lets the
+    next one in without another read: ``session.info[QUEUE_WAITING]``)."""
+    changed = {k: v for k, v in stamp.items() if k != "status" and not hasattr(v, "compile")}
+    change = _change_row(run_id, level, event_type or EVENT_TYPES[to], message,
+                         {"from": current.value, "to": to.value} | (context or {}), "status",
+                         {"status": to.value, "from": current.value, "fields": _json_safe(changed)})
+    returning = (*(_RUN_COLUMNS if entity else ROUTE), *((_QUEUE_WAITING,) if to.is_terminal else ()))
+    row = outbox.logged_update(session, run_id, changed_run, returning, change)
+    if row is None:
+        return None
+    if to.is_terminal:
+        session.info.setdefault(QUEUE_WAITING, {})[run_id] = bool(row.queue_waiting)
+    route = Run(**{c.key: row._mapping[c.key] for c in _RUN_COLUMNS}) if entity else row
     if to.is_terminal:
         _on_terminal(session, run_id, to, route)
     return route

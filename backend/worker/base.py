@@ -461,7 +461,8 @@ def _finish(ctx: JobContext, results: dict[str, Any]) -> str:
         return "sealed"
     def complete(s: Any) -> bool:
         done = service.complete(rid, results, session=s)
-        ctx._queue_waiting = dispatcher.waiting(s, ctx.job_type.queue)
+        waiting = s.info.get(service.QUEUE_WAITING, {}).get(rid)  # read back by the completing UPDATE
+        ctx._queue_waiting = dispatcher.waiting(s, ctx.job_type.queue) if waiting is None else waiting
         return done
 
     if in_transaction(complete):
