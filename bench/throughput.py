@@ -231,14 +231,17 @@ def bare_rate(env: dict[str, str], runs: int, concurrency: int, data_dir: Path) 
         for n in range(concurrency):  # warm-up, as for the engine
             app.send_task("bench.noop", args=[-n - 1], queue="bare")
         _wait("bare warm-up", done, concurrency, worker, log, 120)
+        cpu_before = cpu_snapshot(worker.pid, None)
         started = time.perf_counter()
         for n in range(runs):
             app.send_task("bench.noop", args=[n], queue="bare")
         ended = _wait("bare Celery", lambda: done() - concurrency, runs, worker, log, 600)
+        cpu_after = cpu_snapshot(worker.pid, None)
     finally:
         stop_group(worker, signal.SIGQUIT, 15)
         app.close()
-    return {"rate": runs / (ended - started)}
+    return {"rate": runs / (ended - started),
+            "cpu_ms_per_run": {k: (cpu_after[k] - cpu_before[k]) * 1000 / runs for k in cpu_after}}
 
 
 # --------------------------------------------------------------------------- statements per run
@@ -344,10 +347,11 @@ def print_report(result: dict[str, Any]) -> None:
           f"{s['submit_transactions']:.1f}")
     print(f"  {'statements / transactions: execute':<34}{s['execute_statements']:>10.1f} / "
           f"{s['execute_transactions']:.1f}")
-    cpu = e.get("cpu_ms_per_run") or {}
-    if any(cpu.values()):
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v or k != "postgres")
-        print(f"  {'CPU ms per run':<34}{sum(cpu.values()):>10.2f}  ({parts})")
+    for label, side in (("CPU ms per run", e), ("CPU ms per bare task", b)):
+        cpu = side.get("cpu_ms_per_run") or {}
+        if any(cpu.values()):
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v or k != "postgres")
+            print(f"  {label:<34}{sum(cpu.values()):>10.2f}  ({parts})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,35 +86,41 @@ def append_many(session: Session, run_id: uuid.UUID, changes: list[tuple[str, di
         after_commit(session, notify)
 
 
-def logged_update(session: Session, run_id: uuid.UUID, update_run: Any, returning: Any,
-                  change: tuple[str, dict[str, Any], dict[str, Any]]) -> Any:
-    """PostgreSQL: ``update_run`` (an UPDATE of the run ``run_id``), and, only if it changed the row, the change's
-    log line and outbox row (``change``: ``(kind, payload, log_row)``, as :func:`append_many` takes), all in one
-    statement. The outbox payload's ``run`` part is read from the updated row. Returns the ``returning`` columns
-    of the updated row, or None when the UPDATE matched nothing (and nothing was written)."""
-    kind, payload, log_row = change
-    moved = update_run.returning(*returning, *(c for c in ROUTE_COLUMNS if c not in returning)).cte("moved")
-    lines = RunLogEvent.__table__.c
+def logged_update(update_run: Any, returning: Any) -> Any:
+    """PostgreSQL, built once per shape (the caller caches it): ``update_run`` (an UPDATE of one run), and, only
+    if it changed the row, a log line and an outbox row, in one statement that returns the ``returning`` columns
+    of the updated row (no row: nothing matched, nothing was written). Its parameters are ``update_run``'s and
+    :func:`logged_update_params`'. The outbox payload's ``run`` part is read from the updated row."""
+    keys = {c.key for c in returning}
+    moved = update_run.returning(*returning, *(c for c in ROUTE_COLUMNS if c.key not in keys)).cte("moved")
+    lines, columns = RunLogEvent.__table__.c, OutboxEvent.__table__.c
     line = (insert(RunLogEvent.__table__)
-            .from_select(list(_LOG_KEYS), select(*(literal(log_row[k], lines[k].type) for k in _LOG_KEYS))
+            .from_select(list(_LOG_KEYS), select(*(bindparam(f"l_{k}", type_=lines[k].type) for k in _LOG_KEYS))
                          .select_from(moved))
             .returning(lines.id).cte("line"))
     about = func.jsonb_build_object("run_type", moved.c.run_type, "display_name", moved.c.display_name,
                                     "parent_run_id", func.cast(moved.c.parent_run_id, Text),
                                     "resource_type", moved.c.resource_type, "resource_id", moved.c.resource_id)
-    full = func.jsonb_set(literal(payload, JSONB).op("||")(func.jsonb_build_object("run", about)),
-                          literal(["event", "id"], ARRAY(Text)), func.to_jsonb(line.c.id))
-    columns = OutboxEvent.__table__.c
+    payload = func.jsonb_set(bindparam("o_payload", type_=JSONB).op("||")(func.jsonb_build_object("run", about)),
+                             literal(["event", "id"], ARRAY(Text)), func.to_jsonb(line.c.id))
     row = insert(OutboxEvent.__table__).from_select(
         [*_OUTBOX_KEYS, "payload"],
-        select(moved.c.organization_id, literal(run_id, columns.run_id.type), literal(kind, columns.kind.type),
-               literal(utcnow(), columns.created_at.type), full).select_from(moved.join(line, literal(True))),
+        select(moved.c.organization_id, *(bindparam(f"o_{k}", type_=columns[k].type) for k in _OUTBOX_KEYS[1:]),
+               payload).select_from(moved.join(line, literal(True))),
     ).returning(columns.seq).cte("row")
-    result = session.execute(select(*(moved.c[c.key] for c in returning)).add_cte(row)).first()
-    if result is not None and not session.info.get("outbox_notify"):
+    return select(*(moved.c[c.key] for c in returning)).add_cte(row)
+
+
+def logged_update_params(session: Session, run_id: uuid.UUID,
+                         change: tuple[str, dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    """The log line's and outbox row's parameters of a :func:`logged_update` statement (``change``: ``(kind,
+    payload, log_row)``, as :func:`append_many` takes); listeners are woken once the transaction commits."""
+    kind, payload, log_row = change
+    if not session.info.get("outbox_notify"):
         session.info["outbox_notify"] = True
         after_commit(session, notify)
-    return result
+    return ({"o_run_id": run_id, "o_kind": kind, "o_created_at": utcnow(), "o_payload": payload}
+            | {f"l_{k}": log_row[k] for k in _LOG_KEYS})
 
 
 _OUTBOX_KEYS = ("organization_id", "run_id", "kind", "created_at")

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import BindParameter, ColumnElement, bindparam, func, insert, select, update
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression
 from sqlmodel import Session
 
 from backend.db.engine import after_commit, in_transaction
@@ -319,10 +321,12 @@ def _move(
     now = utcnow()
     stamp = _stamps(to, now) | (values or {})
     conditions = [Run.id == run_id, Run.status == current] + ([guard] if guard is not None else [])
-    changed_run = update(_RUNS).where(*conditions).values(**stamp)  # Core: no ORM bookkeeping on the hot path
     if session.get_bind().dialect.name == "postgresql":  # the UPDATE, its log line and outbox row: one statement
-        return _move_in_one(session, run_id, current, to, changed_run, stamp, message, level, event_type, context,
-                            entity)
+        moved = _move_in_one(session, run_id, current, to, now, stamp, guard, message, level, event_type, context,
+                             entity)
+        if moved is not NotImplemented:
+            return moved
+    changed_run = update(_RUNS).where(*conditions).values(**stamp)  # Core: no ORM bookkeeping on the hot path
     if entity:
         row = session.execute(changed_run.returning(*_RUN_COLUMNS)).first()
         route = None if row is None else Run(**row._mapping)
@@ -339,18 +343,46 @@ def _move(
     return route
 
 
-def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, changed_run: Any,
-                 stamp: dict[str, Any], message: str, level: LogLevel, event_type: str | None, context: dict[str, Any] | None,
+def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, now: datetime,
+                 stamp: dict[str, Any], guard: Any, message: str, level: LogLevel, event_type: str | None, context: dict[str, Any] | None,
                  entity: bool) -> Any:
-    """:func:`_move` on PostgreSQL: the compare-and-set, its log line and outbox row in one statement
+    """:func:`_move` on PostgreSQL, for the usual shapes of transition (``guard``: none, or ``Run.<column> ==
+    value``): the compare-and-set, its log line and outbox row in one statement built once per shape
     (``outbox.logged_update``); a run's end also reads whether runs wait in its queue (its worker then lets the
-    next one in without another read: ``session.info[QUEUE_WAITING]``)."""
+    next one in without another read: ``session.info[QUEUE_WAITING]``). Returns NotImplemented for another shape."""
+    guard_key = None
+    params: dict[str, Any] = {"t_run_id": run_id, "t_current": current}
+    if guard is not None:
+        if not (isinstance(guard, BinaryExpression) and guard.operator is operators.eq
+                and isinstance(guard.left, ColumnElement) and isinstance(guard.right, BindParameter)):
+            return NotImplemented
+        guard_key, params["t_guard"] = guard.left.key, guard.right.value
+    shape = []
+    for key, value in stamp.items():
+        if not hasattr(value, "compile"):
+            shape.append((key, False))
+            params[f"v_{key}"] = value
+        elif key in _EXPRESSIONS:  # the expressions _stamps and mark_submitted write
+            shape.append((key, True))
+            params[f"v_{key}"] = now
+        else:
+            return NotImplemented
+    key = (current, to, tuple(shape), guard_key, entity)
+    statement = _TRANSITIONS.get(key)
+    if statement is None:
+        conditions = [_RUNS.c.id == bindparam("t_run_id"), _RUNS.c.status == bindparam("t_current", type_=_STATUS)]
+        if guard_key is not None:
+            conditions.append(_RUNS.c[guard_key] == bindparam("t_guard", type_=_RUNS.c[guard_key].type))
+        values = {k: _EXPRESSIONS[k](bindparam(f"v_{k}", type_=_RUNS.c[k].type)) if is_expression
+                  else bindparam(f"v_{k}", type_=_RUNS.c[k].type) for k, is_expression in shape}
+        returning = (*(_RUN_COLUMNS if entity else ROUTE), *((_QUEUE_WAITING,) if to.is_terminal else ()))
+        statement = _TRANSITIONS[key] = outbox.logged_update(update(_RUNS).where(*conditions).values(values),
+                                                             returning)
     changed = {k: v for k, v in stamp.items() if k != "status" and not hasattr(v, "compile")}
     change = _change_row(run_id, level, event_type or EVENT_TYPES[to], message,
                          {"from": current.value, "to": to.value} | (context or {}), "status",
                          {"status": to.value, "from": current.value, "fields": _json_safe(changed)})
-    returning = (*(_RUN_COLUMNS if entity else ROUTE), *((_QUEUE_WAITING,) if to.is_terminal else ()))
-    row = outbox.logged_update(session, run_id, changed_run, returning, change)
+    row = session.execute(statement, params | outbox.logged_update_params(session, run_id, change)).first()
     if row is None:
         return None
     if to.is_terminal:
@@ -359,6 +391,16 @@ def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: Ru
     if to.is_terminal:
         _on_terminal(session, run_id, to, route)
     return route
+
+
+_STATUS = Run.__table__.c.status.type
+_TRANSITIONS: dict[tuple[Any, ...], Any] = {}  # one statement per shape of transition (PostgreSQL)
+# The values a transition writes as expressions: started_at keeps the first start (_stamps), dispatch_attempt
+# counts up (mark_submitted). In a prebuilt statement, started_at's "now" is a parameter.
+_EXPRESSIONS = {
+    "started_at": lambda now: func.coalesce(_RUNS.c.started_at, now),
+    "dispatch_attempt": lambda _: _RUNS.c.dispatch_attempt + 1,
+}
 
 
 def _refused(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: str) -> None:
