@@ -236,7 +236,7 @@ class JobContext:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the run's lease while the executor works, and enforces what others decided:
+    """Renews the lease of the run this process executes, and enforces what others decided:
 
     - a cancel request is passed to ``check_cancelled()``; if the executor has not stopped
       ``CURATORE_CANCEL_GRACE_SECONDS`` later, the run is marked cancelled and this process is killed;
@@ -244,56 +244,91 @@ class Heartbeat(threading.Thread):
 
     Killing its own process is what makes sure only this run's work is hit: Celery replaces the
     pool process, and a redelivered message finds the run ended and does nothing.
+
+    One thread per process, started with its first run and kept for the next ones (:meth:`watch` a run,
+    :meth:`stop` after it): a thread started and joined for every run cost a tenth of a short run's time.
     """
 
-    def __init__(self, ctx: JobContext, interval: float, lease: float, grace: float) -> None:
-        super().__init__(name=f"heartbeat-{ctx.run_id}", daemon=True)
-        self.ctx, self.interval, self.lease, self.grace = ctx, interval, lease, grace
-        self._stop_event = threading.Event()
+    _of_process: dict[int, Heartbeat] = {}
+    _create_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self._changed = threading.Condition()
+        self._beating = threading.Lock()  # held while a beat runs: stop() waits for it
+        self.ctx: JobContext | None = None
+        self.interval = self.lease = self.grace = 0.0
+        self._due = 0.0
         self._cancel_seen_at: float | None = None
 
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            try:
-                status, held = service.renew_lease(self.ctx.run_id, self.lease, self.ctx.dispatch_attempt)
-                if held:
-                    self.ctx._held_at = time.monotonic()
-                    self.ctx._flush()
-            except Exception as exc:  # the database may be briefly away; the lease tells the sweeper
-                log.warning("heartbeat for run %s failed: %s", self.ctx.run_id, exc)
-                continue
-            if self._stop_event.is_set() or self.ctx._finishing:
-                return
-            self._enforce(status, held)
+    @classmethod
+    def watch(cls, ctx: JobContext, interval: float, lease: float, grace: float) -> Heartbeat:
+        """This process's heartbeat, now beating for ``ctx``'s run every ``interval`` seconds."""
+        with cls._create_lock:
+            beat = cls._of_process.get(os.getpid())  # a forked pool process starts its own
+            if beat is None or not beat.is_alive():
+                beat = cls._of_process[os.getpid()] = cls()
+                beat.start()
+        with beat._changed:
+            beat.ctx, beat.interval, beat.lease, beat.grace = ctx, interval, lease, grace
+            beat._cancel_seen_at = None
+            beat._due = time.monotonic() + interval
+            beat._changed.notify()
+        return beat
 
-    def _enforce(self, status: RunStatus, held: bool = True) -> None:
+    def stop(self) -> None:
+        """No more beats for the run (a beat under way finishes first)."""
+        with self._beating, self._changed:
+            self.ctx = None
+
+    def run(self) -> None:
+        while True:
+            with self._changed:
+                while self.ctx is None or self._due > time.monotonic():
+                    self._changed.wait(None if self.ctx is None else self._due - time.monotonic())
+                ctx = self.ctx
+                self._due = time.monotonic() + self.interval
+            with self._beating:
+                if self.ctx is ctx:  # not stopped meanwhile
+                    self._beat(ctx)
+
+    def _beat(self, ctx: JobContext) -> None:
+        try:
+            status, held = service.renew_lease(ctx.run_id, self.lease, ctx.dispatch_attempt)
+            if held:
+                ctx._held_at = time.monotonic()
+                ctx._flush()
+        except Exception as exc:  # the database may be briefly away; the lease tells the sweeper
+            log.warning("heartbeat for run %s failed: %s", ctx.run_id, exc)
+            return
+        if not ctx._finishing:
+            self._enforce(ctx, status, held)
+
+    def _enforce(self, ctx: JobContext, status: RunStatus, held: bool = True) -> None:
         if not held:
             # The lease is ownership: the run was re-queued (this process froze past its lease, say) or
             # ended; another process may be running it now. Stop before the next unit of work.
-            self.ctx._lost.set()
+            ctx._lost.set()
             log.warning("run %s: this process no longer holds dispatch %s (the run is %s); stopping its process",
-                        self.ctx.run_id, self.ctx.dispatch_attempt, status.value)
-            self._kill()
+                        ctx.run_id, ctx.dispatch_attempt, status.value)
+            self._kill(ctx)
         elif status is S.CANCELLING:
-            self.ctx._cancel_seen.set()
+            ctx._cancel_seen.set()
             now = time.monotonic()
             self._cancel_seen_at = self._cancel_seen_at or now
             if now - self._cancel_seen_at >= self.grace:
-                service.mark_cancelled(self.ctx.run_id, f"Forced: still running {self.grace:g} s after the cancel "
-                                                        "request; its process was killed", stage="forced")
-                self._kill()
+                service.mark_cancelled(ctx.run_id, f"Forced: still running {self.grace:g} s after the cancel "
+                                                   "request; its process was killed", stage="forced")
+                self._kill(ctx)
         elif status not in (S.RUNNING, S.STALE):
-            log.warning("run %s is %s elsewhere; stopping its process", self.ctx.run_id, status.value)
-            self._kill()
+            log.warning("run %s is %s elsewhere; stopping its process", ctx.run_id, status.value)
+            self._kill(ctx)
 
-    def _kill(self) -> None:
-        if self.ctx._finishing:
+    @staticmethod
+    def _kill(ctx: JobContext) -> None:
+        if ctx._finishing:
             return
         os.kill(os.getpid(), signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=self.interval + 5)
 
 
 def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None = None) -> str:
@@ -313,8 +348,7 @@ def execute(run_id: str, dispatch_attempt: int, job_key: str, worker: str | None
     if run is None:
         return "skipped"
     ctx = JobContext(run, job_type, settings, worker)
-    beat = Heartbeat(ctx, settings.heartbeat_seconds, lease, settings.cancel_grace_seconds)
-    beat.start()
+    beat = Heartbeat.watch(ctx, settings.heartbeat_seconds, lease, settings.cancel_grace_seconds)
     try:
         with patience(lease):  # its writes ride out a database blip of up to a lease
             return _run_executor(ctx)
