@@ -61,21 +61,19 @@ def submit_many(specs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]], bat
 
 
 def _create_and_publish(create: Callable[[Session], list[Run]]) -> list[Run]:
-    """One transaction: ``create(session)``'s pending runs, and a dispatch pass over each of their queues; then
-    the claimed runs are published. Runs whose publish failed are marked failed, and the first one's error is
+    """One transaction: ``create(session)``'s runs (pending, or submitted when ``create_run`` was told they may go
+    straight to a worker), and a dispatch pass over the queue of each pending one; then the submitted and
+    claimed runs are published. Runs whose publish failed are marked failed, and the first one's error is
     raised as :class:`BrokerUnavailable`."""
 
-    def write(s: Session) -> tuple[list[Run], dict[str, list[dispatcher.Claimed] | None]]:
+    def write(s: Session) -> tuple[list[Run], list[dispatcher.Claimed], dict[str, list[dispatcher.Claimed] | None]]:
         created = create(s)
-        direct = [r for r in created if r.status == RunStatus.SUBMITTED]  # went straight to a worker (direct_slot)
-        claimed: dict[str, list[dispatcher.Claimed] | None] = {r.queue: [_claimed_at_creation(r)] for r in direct}
-        for queue in sorted({r.queue for r in created if r.status == RunStatus.PENDING}):
-            claimed[queue] = [*claimed.get(queue, []), *(dispatcher.claim(s, queue) or [])] if queue in claimed \
-                else dispatcher.claim(s, queue)
-        return created, claimed
+        direct = [_claimed_at_creation(r) for r in created if r.status == RunStatus.SUBMITTED]
+        pending = sorted({r.queue for r in created if r.status == RunStatus.PENDING})
+        return created, direct, {queue: dispatcher.claim(s, queue) for queue in pending}
 
-    created, claimed = in_transaction(write)
-    outcome: dict[uuid.UUID, Exception | None] = {}
+    created, direct, claimed = in_transaction(write)
+    outcome = dispatcher.publish(direct)
     for queue, queue_claimed in claimed.items():  # a queue another dispatcher was serving: a pass of its own now
         outcome |= dispatch_pending([queue]) if queue_claimed is None else dispatcher.publish(queue_claimed)
     unpublished = [(r.id, exc) for r in created if (exc := outcome.get(r.id)) is not None]

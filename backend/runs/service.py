@@ -146,8 +146,9 @@ def create_run(
     session: Session | None = None,
 ) -> Run:
     """Validate and write a pending run (``direct``: or a submitted one, when the dispatcher says it may go
-    straight to a worker: see :data:`DirectSlot`; the caller publishes it after the commit). An invalid config, or the same job already active on the same
-    resource (or within the type's cooldown), raises before anything is written. Every caller (API, UI, CLI,
+    straight to a worker: see :data:`DirectSlot`; the caller publishes it after the commit). An invalid config,
+    or the same job already active on the same resource (or within the type's cooldown), raises before anything
+    is written. Every caller (API, UI, CLI,
     schedules, children) gets the same input checks (:mod:`backend.validation`): strict types, storable text,
     and the config's size and depth limits."""
     check_text(run_type, "run_type")
@@ -315,17 +316,17 @@ def _move(
     entity: bool = False,
 ) -> Any:
     """The compare-and-set: ``current`` → ``to`` if the run is still ``current`` (and ``guard``, an extra
-    condition, holds), with its stamps, log line and outbox row, in one UPDATE … RETURNING and two INSERTs.
-    Returns the run's :data:`ROUTE` row (``entity``: the whole :class:`Run`), or None (nothing written) when
-    the run is not in ``current``."""
+    condition, holds), with its stamps, log line and outbox row: on PostgreSQL in one statement
+    (:func:`_move_in_one`), else in one UPDATE … RETURNING and two INSERTs. Returns the run's :data:`ROUTE`
+    row (``entity``: the whole :class:`Run`), or None (nothing written) when the run is not in ``current``."""
     now = utcnow()
     stamp = _stamps(to, now) | (values or {})
-    conditions = [Run.id == run_id, Run.status == current] + ([guard] if guard is not None else [])
     if session.get_bind().dialect.name == "postgresql":  # the UPDATE, its log line and outbox row: one statement
         moved = _move_in_one(session, run_id, current, to, now, stamp, guard, message, level, event_type, context,
                              entity)
         if moved is not NotImplemented:
             return moved
+    conditions = [Run.id == run_id, Run.status == current] + ([guard] if guard is not None else [])
     changed_run = update(_RUNS).where(*conditions).values(**stamp)  # Core: no ORM bookkeeping on the hot path
     if entity:
         row = session.execute(changed_run.returning(*_RUN_COLUMNS)).first()
@@ -344,8 +345,8 @@ def _move(
 
 
 def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: RunStatus, now: datetime,
-                 stamp: dict[str, Any], guard: Any, message: str, level: LogLevel, event_type: str | None, context: dict[str, Any] | None,
-                 entity: bool) -> Any:
+                 stamp: dict[str, Any], guard: Any, message: str, level: LogLevel, event_type: str | None,
+                 context: dict[str, Any] | None, entity: bool) -> Any:
     """:func:`_move` on PostgreSQL, for the usual shapes of transition (``guard``: none, or ``Run.<column> ==
     value``): the compare-and-set, its log line and outbox row in one statement built once per shape
     (``outbox.logged_update``); a run's end also reads whether runs wait in its queue (its worker then lets the
