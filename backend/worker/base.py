@@ -245,11 +245,12 @@ class Heartbeat(threading.Thread):
     Killing its own process is what makes sure only this run's work is hit: Celery replaces the
     pool process, and a redelivered message finds the run ended and does nothing.
 
-    One thread per process, started with its first run and kept for the next ones (:meth:`watch` a run,
-    :meth:`stop` after it): a thread started and joined for every run cost a tenth of a short run's time.
+    One thread per executing thread (a prefork pool process has one), started with its first run and kept for
+    the next ones (:meth:`watch` a run, :meth:`stop` after it): a thread started and joined for every run cost a
+    tenth of a short run's time.
     """
 
-    _of_process: dict[int, Heartbeat] = {}
+    _of_executor: dict[tuple[int, int], Heartbeat] = {}
     _create_lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -264,10 +265,11 @@ class Heartbeat(threading.Thread):
     @classmethod
     def watch(cls, ctx: JobContext, interval: float, lease: float, grace: float) -> Heartbeat:
         """This process's heartbeat, now beating for ``ctx``'s run every ``interval`` seconds."""
+        executor = (os.getpid(), threading.get_ident())  # a forked pool process starts its own
         with cls._create_lock:
-            beat = cls._of_process.get(os.getpid())  # a forked pool process starts its own
+            beat = cls._of_executor.get(executor)
             if beat is None or not beat.is_alive():
-                beat = cls._of_process[os.getpid()] = cls()
+                beat = cls._of_executor[executor] = cls()
                 beat.start()
         with beat._changed:
             beat.ctx, beat.interval, beat.lease, beat.grace = ctx, interval, lease, grace
