@@ -147,7 +147,7 @@ def claim(session: Any, queue: str) -> list[Claimed] | None:
     run a pass after the commit instead (:func:`kick`), so a run created in this transaction is not missed."""
     registry = get_registry()
     if session.get_bind().dialect.name == "postgresql":
-        if not session.execute(select(func.pg_try_advisory_xact_lock(_lock_key(queue)))).scalar_one():
+        if not session.execute(_TRY_LOCK, {"key": _lock_key(queue)}).scalar_one():
             return None  # another dispatcher is serving this queue right now
     limit = registry.queues[queue].max_concurrency
     active = session.execute(

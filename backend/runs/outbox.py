@@ -81,6 +81,11 @@ def append_many(session: Session, run_id: uuid.UUID, changes: list[tuple[str, di
                 payload["event"]["id"] = session.execute(
                     insert(RunLogEvent).values(**log_row).returning(RunLogEvent.id)).scalar_one()
             session.execute(insert(OutboxEvent).values(payload=payload, **row))
+    _notify_after_commit(session)
+
+
+def _notify_after_commit(session: Session) -> None:
+    """Wake the listeners once ``session``'s transaction commits (once per transaction)."""
     if not session.info.get("outbox_notify"):
         session.info["outbox_notify"] = True
         after_commit(session, notify)
@@ -116,9 +121,7 @@ def logged_update_params(session: Session, run_id: uuid.UUID,
     """The log line's and outbox row's parameters of a :func:`logged_update` statement (``change``: ``(kind,
     payload, log_row)``, as :func:`append_many` takes); listeners are woken once the transaction commits."""
     kind, payload, log_row = change
-    if not session.info.get("outbox_notify"):
-        session.info["outbox_notify"] = True
-        after_commit(session, notify)
+    _notify_after_commit(session)
     return ({"o_run_id": run_id, "o_kind": kind, "o_created_at": utcnow(), "o_payload": payload}
             | {f"l_{k}": log_row[k] for k in _LOG_KEYS})
 

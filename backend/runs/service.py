@@ -386,10 +386,9 @@ def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: Ru
     row = session.execute(statement, params | outbox.logged_update_params(session, run_id, change)).first()
     if row is None:
         return None
-    if to.is_terminal:
-        session.info.setdefault(QUEUE_WAITING, {})[run_id] = bool(row.queue_waiting)
     route = Run(**{c.key: row._mapping[c.key] for c in _RUN_COLUMNS}) if entity else row
     if to.is_terminal:
+        session.info.setdefault(QUEUE_WAITING, {})[run_id] = bool(row.queue_waiting)
         _on_terminal(session, run_id, to, route)
     return route
 
