@@ -262,8 +262,10 @@ def statements_per_run(samples: int = 20) -> dict[str, float]:
     engine = get_engine()
     counts = {"statements": 0, "commits": 0}
 
-    def on_execute(*_: Any) -> None:
+    def on_execute(conn: Any, *_: Any) -> None:
         counts["statements"] += 1
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":  # a statement alone: committed
+            counts["commits"] += 1
 
     def on_commit(*_: Any) -> None:
         counts["commits"] += 1

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Row, create_engine, event
 from sqlalchemy.exc import InvalidatePoolError, OperationalError, ProgrammingError
 from sqlmodel import Session
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 _engines: dict[str, Engine] = {}
+_autocommit_engines: dict[Engine, Engine] = {}
 READ_ONLY = "curatore_read_only"  # execution option: the transaction only reads
 
 
@@ -111,6 +112,7 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+        _autocommit_engines.clear()
 
 
 def after_commit(session: Session, callback: Callable[[], object]) -> None:
@@ -124,13 +126,23 @@ def transaction(read_only: bool = False) -> Iterator[Session]:
 
     Callbacks registered with :func:`after_commit` run after the commit. ``read_only``: it must not write.
     """
-    try:
+    with _translated_errors():
         engine = get_engine()
         bind = engine.execution_options(**{READ_ONLY: True}) if read_only else engine
         with Session(bind, expire_on_commit=False) as session:
             with session.begin():
                 yield session
             callbacks = session.info.pop("after_commit", [])
+    for callback in callbacks:
+        callback()
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """A missing schema and an unreachable database raised as :class:`DatabaseNotMigrated` and
+    :class:`DatabaseUnavailable` (clear errors, and what :func:`patience` waits out)."""
+    try:
+        yield
     except (OperationalError, ProgrammingError) as exc:
         if _is_missing_table(exc):
             raise DatabaseNotMigrated(
@@ -139,8 +151,6 @@ def transaction(read_only: bool = False) -> Iterator[Session]:
         if isinstance(exc, OperationalError) and _is_connection_error(exc):
             raise DatabaseUnavailable(f"The database could not be reached: {_first_line(exc.orig)}") from exc
         raise
-    for callback in callbacks:
-        callback()
 
 
 def in_transaction(fn: Callable[[Session], T], session: Session | None = None, *, read_only: bool = False) -> T:
@@ -160,15 +170,53 @@ def in_transaction(fn: Callable[[Session], T], session: Session | None = None, *
 
 
 def _in_new_transaction(fn: Callable[[Session], T], read_only: bool) -> T:
+    return _retried(lambda: _in_session(fn, read_only))
+
+
+def _in_session(fn: Callable[[Session], T], read_only: bool) -> T:
+    with transaction(read_only) as new_session:
+        return fn(new_session)
+
+
+def _retried(fn: Callable[[], T]) -> T:
+    """``fn``, tried again (up to six times, after a doubling wait) when the database broke a deadlock or a
+    serialization conflict by failing it."""
     for attempt in range(6):
         try:
-            with transaction(read_only) as new_session:
-                return fn(new_session)
+            return fn()
         except OperationalError as exc:
             if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == 5:
                 raise
             time.sleep(0.02 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def lone_statement(statement: Any, params: dict[str, Any]) -> Row[Any] | None:
+    """PostgreSQL: ``statement`` as a transaction of its own, its first row returned. It is sent in autocommit
+    mode (PostgreSQL runs a lone statement atomically, in an implicit transaction), without a Session: one
+    round trip instead of three (BEGIN, the statement, COMMIT), and none of a Session's bookkeeping. For the
+    hot transitions that are one statement (a run's start and end). Retried and waited out like
+    :func:`in_transaction`; nothing runs after a commit (the caller does what it needs)."""
+
+    def once() -> Row[Any] | None:
+        with _translated_errors(), _autocommit(get_engine()).connect() as connection:
+            return connection.execute(statement, params).first()
+
+    waited = _Patience()
+    while True:
+        try:
+            return _retried(once)
+        except DatabaseUnavailable as exc:
+            waited.wait_or_raise(exc)
+
+
+def _autocommit(engine: Engine) -> Engine:
+    """``engine`` with its connections in autocommit mode (the same pool: a connection is switched on checkout
+    and back on checkin, in the driver, without a round trip)."""
+    autocommit = _autocommit_engines.get(engine)
+    if autocommit is None:
+        autocommit = _autocommit_engines[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return autocommit
 
 
 # --------------------------------------------------------------------------- riding out a database blip

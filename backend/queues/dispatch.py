@@ -76,6 +76,12 @@ def _create_and_publish(create: Callable[[Session], list[Run]]) -> list[Run]:
     outcome = dispatcher.publish(direct)
     for queue, queue_claimed in claimed.items():  # a queue another dispatcher was serving: a pass of its own now
         outcome |= dispatch_pending([queue]) if queue_claimed is None else dispatcher.publish(queue_claimed)
+    return _published(created, outcome)
+
+
+def _published(created: list[Run], outcome: dict[uuid.UUID, Exception | None]) -> list[Run]:
+    """``created``, once published (``outcome``: each published run's error, if any). Runs whose publish failed
+    are marked failed, and the first one's error is raised as :class:`BrokerUnavailable`."""
     unpublished = [(r.id, exc) for r in created if (exc := outcome.get(r.id)) is not None]
     messages = [_fail_unpublished(run_id, exc) for run_id, exc in unpublished]
     if unpublished:
@@ -105,9 +111,22 @@ def dispatch_after_commit(session: Session, run_id: uuid.UUID) -> None:
 
 
 def submit_run(run_type: str, config: dict[str, Any], **kwargs: Any) -> Run:
-    """Create a run and dispatch it. Raises before writing if the type or config is invalid."""
-    return create_and_dispatch(lambda s: service.create_run(run_type, config, session=s,
-                                                            direct=dispatcher.direct_slot, **kwargs))
+    """Create a run and dispatch it. Raises before writing if the type or config is invalid.
+
+    On PostgreSQL the run is written, and straight away submitted when its queue has room and nothing waits
+    there, in one statement (``service.create_run_alone``); then it is published, or a dispatch pass decides."""
+    alone = service.create_run_alone(run_type, config, direct=dispatcher.direct_slot, **kwargs)
+    if alone is None:
+        return create_and_dispatch(lambda s: service.create_run(run_type, config, session=s,
+                                                                direct=dispatcher.direct_slot, **kwargs))
+    run, verdict = alone
+    if verdict == "direct":
+        outcome = dispatcher.publish([_claimed_at_creation(run)])
+    elif verdict in ("waiting", "locked"):  # "full": a pass would not take it (a freed slot runs one)
+        outcome = dispatch_pending([run.queue])
+    else:
+        outcome = {}
+    return _published([run], outcome)[0]
 
 
 def retry_run(run_id: uuid.UUID, *, created_by: str | None = None) -> Run:

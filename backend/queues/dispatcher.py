@@ -105,12 +105,18 @@ def _type_limit(registry: Any, run_type: str) -> tuple[int | None, list[str]]:
 
 def _direct_check(with_type: bool) -> Any:
     """What :func:`direct_slot` reads, in one statement (built once): the runs occupying ``:queue``'s slots,
-    whether a run waits in it, and (``with_type``) the occupying runs of the type (``:names``)."""
+    whether a run waits in it, and (``with_type``) the occupying runs of the type (``:names``). The counts stop
+    at the limits (``:limit``, ``:type_limit``): a long backlog of submitted runs is not counted at every submit."""
     occupying = [Run.queue == bindparam("queue"), Run.status.in_(OCCUPYING), not_(WAITING_PARENT)]
-    of_type = (select(func.count()).where(*occupying, Run.run_type.in_(bindparam("names", expanding=True)))
-               .scalar_subquery() if with_type else literal(0))
+
+    def count_to(limit: str, *where: Any) -> Any:
+        upto = select(literal(1)).where(*occupying, *where).limit(bindparam(limit)).subquery()
+        return select(func.count()).select_from(upto).scalar_subquery()
+
+    of_type = (count_to("type_limit", Run.run_type.in_(bindparam("names", expanding=True))) if with_type
+               else literal(0))
     return select(
-        select(func.count()).where(*occupying).scalar_subquery(),
+        count_to("limit"),
         select(Run.id).where(Run.status == S.PENDING, Run.queue == bindparam("queue"),
                              or_(Run.not_before.is_(None), Run.not_before <= bindparam("now"))).limit(1).exists(),
         of_type,
@@ -120,25 +126,43 @@ def _direct_check(with_type: bool) -> Any:
 _DIRECT_CHECK, _DIRECT_CHECK_WITH_TYPE = _direct_check(False), _direct_check(True)
 
 
-def direct_slot(session: Any, queue: str, run_type: str) -> str | None:
-    """Whether a run of ``run_type`` created now in ``session``'s transaction may go straight to a worker, without
-    a dispatch pass: the queue has a free slot (and the type, when it has a limit of its own) and no run waits
-    in it, so no fairness is at stake (a pass would claim that run alone). Returns the new Celery task id, or
-    None: the run is then created pending and a pass decides. Answers ``create_run``'s ``direct``: see
-    :data:`backend.runs.service.DirectSlot`. On PostgreSQL it takes the queue's dispatch lock, as a pass does,
-    and holds it to the commit (None when another dispatcher holds it)."""
-    registry = get_registry()
-    if queue not in registry.queues:
-        return None
-    if session.get_bind().dialect.name == "postgresql":
-        if not session.execute(_TRY_LOCK, {"key": _lock_key(queue)}).scalar_one():
+class _DirectSlot:
+    """Whether a run of ``run_type`` created now may go straight to a worker, without a dispatch pass: the queue
+    has a free slot (and the type, when it has a limit of its own) and no run waits in it, so no fairness is at
+    stake (a pass would claim that run alone). Answers ``create_run``'s ``direct``: see
+    :class:`backend.runs.service.DirectSlot`."""
+
+    def __call__(self, session: Any, queue: str, run_type: str) -> str | None:
+        """Asked in ``session``'s transaction: the new Celery task id, or None (the run is then created pending and
+        a pass decides). On PostgreSQL it takes the queue's dispatch lock, as a pass does, and holds it to the
+        commit (None when another dispatcher holds it)."""
+        registry = get_registry()
+        if queue not in registry.queues:
             return None
-    type_limit, names = _type_limit(registry, run_type)
-    check = _DIRECT_CHECK if type_limit is None else _DIRECT_CHECK_WITH_TYPE
-    active, waiting, type_active = session.execute(check, {"queue": queue, "now": utcnow(), "names": names}).one()
-    if waiting or active >= registry.queues[queue].max_concurrency or (type_limit and type_active >= type_limit):
-        return None
-    return str(uuid.uuid4())
+        if session.get_bind().dialect.name == "postgresql":
+            if not session.execute(_TRY_LOCK, {"key": _lock_key(queue)}).scalar_one():
+                return None
+        type_limit, names = _type_limit(registry, run_type)
+        limit = registry.queues[queue].max_concurrency
+        check = _DIRECT_CHECK if type_limit is None else _DIRECT_CHECK_WITH_TYPE
+        active, waiting, type_active = session.execute(check, {"queue": queue, "now": utcnow(), "names": names,
+                                                               "limit": limit, "type_limit": type_limit}).one()
+        if waiting or active >= limit or (type_limit and type_active >= type_limit):
+            return None
+        return str(uuid.uuid4())
+
+    def arguments(self, queue: str, run_type: str) -> dict[str, Any] | None:
+        """The same question asked by the creating statement itself (PostgreSQL: ``curatore_direct_slot``,
+        migration 0013, which takes the lock and reads the same): its arguments, or None for an unknown queue."""
+        registry = get_registry()
+        if queue not in registry.queues:
+            return None
+        type_limit, names = _type_limit(registry, run_type)
+        return {"lock": _lock_key(queue), "queue": queue, "limit": registry.queues[queue].max_concurrency,
+                "now": utcnow(), "names": names, "type_limit": type_limit}
+
+
+direct_slot = _DirectSlot()
 
 
 def claim(session: Any, queue: str) -> list[Claimed] | None:

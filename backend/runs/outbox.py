@@ -15,10 +15,11 @@ import functools
 import logging
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
-from sqlalchemy import ARRAY, Text, bindparam, func, insert, literal, select, union_all, update
+from sqlalchemy import Text, bindparam, func, insert, literal, literal_column, select, union_all, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 RELAY_LOCK_KEY = 0x43555241  # "CURA"
 RELAY_BATCH = 5000
 NOTIFY_CHANNEL = "curatore:outbox"
+_EVENT_ID = literal_column("'{event,id}'::text[]")  # the path of a payload's line id (written out: no parameter)
 
 
 ROUTE_COLUMNS = (Run.organization_id, Run.run_type, Run.display_name, Run.parent_run_id, Run.resource_type,
@@ -60,31 +62,23 @@ def append_many(session: Session, run_id: uuid.UUID, changes: list[tuple[str, di
         new_run = None
     if route is None:
         route = session.execute(select(*ROUTE_COLUMNS).where(Run.id == run_id)).one()
-    about = {
-        "run_type": route.run_type,
-        "display_name": route.display_name,
-        "parent_run_id": str(route.parent_run_id) if route.parent_run_id else None,
-        "resource_type": route.resource_type,
-        "resource_id": route.resource_id,
-    }
-    rows = [({"organization_id": route.organization_id, "run_id": run_id, "kind": kind, "created_at": utcnow()},
-             payload | {"run": about}, log_row) for kind, payload, log_row in changes]
-    if pg and all(log_row is not None for *_, log_row in rows):
-        params: dict[str, Any] = {f"r_{k}": v for k, v in (new_run or {}).items()}
-        for n, (row, payload, log_row) in enumerate(rows):
-            params |= {f"o{n}_{k}": v for k, v in row.items()} | {f"o{n}_payload": payload}
-            params |= {f"l{n}_{k}": v for k, v in log_row.items()}  # type: ignore[union-attr]
-        session.execute(_logged_changes(len(rows), new_run is not None), params)
+    if pg and all(log_row is not None for *_, log_row in changes):
+        # The run's NULL columns are left out (their default is NULL): fewer parameters, and a statement psycopg
+        # converts once and keeps (it does not keep one of more than 50 parameters).
+        run = None if new_run is None else {k: v for k, v in new_run.items() if v is not None or k in DEFAULTED}
+        params = {f"r_{k}": v for k, v in (run or {}).items()} | changes_params(run_id, changes, route)
+        session.execute(_logged_changes(len(changes), None if run is None else tuple(run)), params)
     else:
-        for row, payload, log_row in rows:
+        for (kind, payload, log_row), row in zip(changes, _rows(run_id, changes, route)):
+            payload = row.pop("payload")
             if log_row is not None:
                 payload["event"]["id"] = session.execute(
                     insert(RunLogEvent).values(**log_row).returning(RunLogEvent.id)).scalar_one()
             session.execute(insert(OutboxEvent).values(payload=payload, **row))
-    _notify_after_commit(session)
+    notify_after_commit(session)
 
 
-def _notify_after_commit(session: Session) -> None:
+def notify_after_commit(session: Session) -> None:
     """Wake the listeners once ``session``'s transaction commits (once per transaction)."""
     if not session.info.get("outbox_notify"):
         session.info["outbox_notify"] = True
@@ -107,7 +101,7 @@ def logged_update(update_run: Any, returning: Any) -> Any:
                                     "parent_run_id", func.cast(moved.c.parent_run_id, Text),
                                     "resource_type", moved.c.resource_type, "resource_id", moved.c.resource_id)
     payload = func.jsonb_set(bindparam("o_payload", type_=JSONB).op("||")(func.jsonb_build_object("run", about)),
-                             literal(["event", "id"], ARRAY(Text)), func.to_jsonb(line.c.id))
+                             _EVENT_ID, func.to_jsonb(line.c.id))
     row = insert(OutboxEvent.__table__).from_select(
         [*_OUTBOX_KEYS, "payload"],
         select(moved.c.organization_id, *(bindparam(f"o_{k}", type_=columns[k].type) for k in _OUTBOX_KEYS[1:]),
@@ -116,12 +110,11 @@ def logged_update(update_run: Any, returning: Any) -> Any:
     return select(*(moved.c[c.key] for c in returning)).add_cte(row)
 
 
-def logged_update_params(session: Session, run_id: uuid.UUID,
-                         change: tuple[str, dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+def logged_update_params(run_id: uuid.UUID, change: tuple[str, dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
     """The log line's and outbox row's parameters of a :func:`logged_update` statement (``change``: ``(kind,
-    payload, log_row)``, as :func:`append_many` takes); listeners are woken once the transaction commits."""
+    payload, log_row)``, as :func:`append_many` takes). The caller wakes the listeners once it has committed
+    (:func:`notify_after_commit`, :func:`notify`)."""
     kind, payload, log_row = change
-    _notify_after_commit(session)
     return ({"o_run_id": run_id, "o_kind": kind, "o_created_at": utcnow(), "o_payload": payload}
             | {f"l_{k}": log_row[k] for k in _LOG_KEYS})
 
@@ -133,31 +126,71 @@ _LOG_KEYS = ("run_id", "level", "event_type", "message", "context", "created_at"
 _INSERT_RUN = insert(Run.__table__)
 
 
-@functools.cache
-def _logged_changes(n: int, with_run: bool = False) -> Any:
-    """PostgreSQL: ``n`` log lines and their outbox rows in one statement, built once (parameters ``l{i}_*`` and
-    ``o{i}_*``): each line's INSERT is a CTE read by its outbox row's branch of a ``UNION ALL``, and the row's
-    payload gets the line's id, so lines and rows are numbered in order. ``with_run``: the run's own INSERT
-    (parameters ``r_*``) too, as one more CTE (the lines' foreign key is checked at the end of the statement)."""
+DEFAULTED = {c.key for c in Run.__table__.c if c.default is not None or c.server_default is not None}
+
+
+def _rows(run_id: uuid.UUID, changes: list[tuple[str, dict[str, Any], Any]], route: Any) -> list[dict[str, Any]]:
+    """The outbox rows of ``changes`` (``payload`` with the run's routing part, ``run``)."""
+    about = {
+        "run_type": route.run_type,
+        "display_name": route.display_name,
+        "parent_run_id": str(route.parent_run_id) if route.parent_run_id else None,
+        "resource_type": route.resource_type,
+        "resource_id": route.resource_id,
+    }
+    now = utcnow()
+    return [{"organization_id": route.organization_id, "run_id": run_id, "kind": kind, "created_at": now,
+             "payload": payload | {"run": about}} for kind, payload, _ in changes]
+
+
+def changes_params(run_id: uuid.UUID, changes: list[tuple[str, dict[str, Any], Any]], route: Any) -> dict[str, Any]:
+    """The parameters (``l{i}_*``, ``o{i}_*``) of the ``changes`` of :func:`logged_changes` (``route``: the run's
+    :data:`ROUTE_COLUMNS`)."""
+    params: dict[str, Any] = {}
+    for n, ((*_, log_row), row) in enumerate(zip(changes, _rows(run_id, changes, route))):
+        params |= {f"o{n}_{k}": v for k, v in row.items()} | {f"l{n}_{k}": v for k, v in log_row.items()}
+    return params
+
+
+def logged_changes(sources: list[Any]) -> Any:
+    """PostgreSQL: log lines and their outbox rows in one INSERT, as a CTE (parameters ``l{i}_*`` and ``o{i}_*``):
+    line ``i`` is inserted once per row of ``sources[i]`` (None: once), as a CTE read by its outbox row's branch of
+    a ``UNION ALL``, and the row's payload gets the line's id, so lines and rows are numbered in order."""
     outbox, lines = OutboxEvent.__table__.c, RunLogEvent.__table__.c
     branches: list[Any] = []
-    for i in range(n):
-        line = (insert(RunLogEvent.__table__).values({k: bindparam(f"l{i}_{k}", type_=lines[k].type)
-                                                      for k in _LOG_KEYS}).returning(lines.id).cte(f"line{i}"))
-        payload = func.jsonb_set(bindparam(f"o{i}_payload", type_=JSONB), literal(["event", "id"], ARRAY(Text)),
-                                 func.to_jsonb(line.c.id))
+    for i, source in enumerate(sources):
+        values = {k: bindparam(f"l{i}_{k}", type_=lines[k].type) for k in _LOG_KEYS}
+        line = (insert(RunLogEvent.__table__).values(values) if source is None else
+                insert(RunLogEvent.__table__).from_select(list(values), select(*values.values()).select_from(source)))
+        line = line.returning(lines.id).cte(f"line{i}")
+        payload = func.jsonb_set(bindparam(f"o{i}_payload", type_=JSONB), _EVENT_ID, func.to_jsonb(line.c.id))
         branches.append(select(*(bindparam(f"o{i}_{k}", type_=outbox[k].type) for k in _OUTBOX_KEYS), payload))
-    if with_run:
+    return (insert(OutboxEvent.__table__).from_select([*_OUTBOX_KEYS, "payload"],
+                                                      branches[0] if len(branches) == 1 else union_all(*branches))
+            .returning(outbox.seq).cte("rows"))
+
+
+@functools.cache
+def _logged_changes(n: int, run_keys: tuple[str, ...] | None = None) -> Any:
+    """PostgreSQL: ``n`` log lines and their outbox rows in one statement, built once (:func:`logged_changes`).
+    ``run_keys``: the run's own INSERT of these columns (parameters ``r_*``) too, as one more CTE (the lines'
+    foreign key is checked at the end of the statement)."""
+    rows = logged_changes([None] * n)
+    statement = select(func.count()).select_from(rows)
+    if run_keys is not None:
         runs = Run.__table__.c
-        branches[0] = branches[0].add_cte(insert(Run.__table__).values(
-            {c.key: bindparam(f"r_{c.key}", type_=c.type) for c in runs}).returning(runs.id).cte("new_run"))
-    return insert(OutboxEvent.__table__).from_select([*_OUTBOX_KEYS, "payload"],
-                                                     branches[0] if n == 1 else union_all(*branches))
+        statement = statement.add_cte(insert(Run.__table__).values(
+            {k: bindparam(f"r_{k}", type_=runs[k].type) for k in run_keys}).returning(runs.id).cte("new_run"))
+    return statement
+
+
+NOTIFY_GATHER_SECONDS = 0.005
 
 
 class _Notifier(threading.Thread):
-    """Publishes the wake-ups of one process, off the writers' path: a commit only sets an event, and a burst of
-    commits while a publish is on its way costs one more publish, not one each."""
+    """Publishes the wake-ups of one process, off the writers' path: a commit only sets an event, and the commits
+    of the next few milliseconds (``NOTIFY_GATHER_SECONDS``) share one publish (a worker ending a short run every
+    few milliseconds publishes a fraction of its commits; a listener learns of them a few milliseconds later)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(name="outbox-notify", daemon=True)
@@ -168,6 +201,7 @@ class _Notifier(threading.Thread):
     def run(self) -> None:
         while True:
             self.pending.wait()
+            time.sleep(NOTIFY_GATHER_SECONDS)
             self.pending.clear()
             try:
                 if self.client is None:

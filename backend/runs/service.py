@@ -9,18 +9,20 @@ row, all in the caller's transaction. The named functions below (``start``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import BindParameter, ColumnElement, bindparam, func, insert, select, update
+from sqlalchemy import (ARRAY, BigInteger, BindParameter, ColumnElement, Integer, Text, bindparam, case, func,
+                        insert, literal_column, null, select, update)
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression
 from sqlmodel import Session
 
-from backend.db.engine import after_commit, in_transaction
+from backend.db.engine import after_commit, get_engine, in_transaction, lone_statement
 from backend.db.models import Run, RunLogEvent, empty_progress
 from backend.db.states import EVENT_TYPES, LogLevel, RunOrigin, RunStatus, allowed
 from backend.db.types import utcnow
@@ -39,18 +41,30 @@ MAX_MESSAGE = 4000
 # neither groups nor Celery): run groups count a child's end in its terminal transaction; the Celery link
 # revokes the task of a run that ended before it started, after the commit.
 TerminalHook = Callable[[Session, uuid.UUID, RunStatus, Any], None]
-# Asked by ``create_run`` in its transaction (``direct=``): may a run of this type, created now, go straight to a
-# worker in ``queue`` (nothing waits there, and it has a free slot)? Returns the Celery task id it is to be
-# published with, or None. The dispatcher answers it (``backend.queues.dispatcher.direct_slot``).
-DirectSlot = Callable[[Session, str, str], "str | None"]
+
+
+class DirectSlot(Protocol):
+    """Asked by ``create_run`` in its transaction (``direct=``): may a run of this type, created now, go straight to
+    a worker in ``queue`` (nothing waits there, and it has a free slot)? Returns the Celery task id it is to be
+    published with, or None. The dispatcher answers it (``backend.queues.dispatcher.direct_slot``)."""
+
+    def __call__(self, session: Session, queue: str, run_type: str) -> str | None: ...
+
+    def arguments(self, queue: str, run_type: str) -> dict[str, Any] | None:
+        """The same question for ``create_run_alone``: the arguments of the database function that answers it in
+        the creating statement (``lock``, ``queue``, ``limit``, ``now``, ``names``, ``type_limit``: see migration
+        0013), or None when it cannot be asked so."""
+
+
 TaskDroppedHook = Callable[[str], None]
 _terminal_hooks: list[TerminalHook] = []
 _task_dropped_hooks: list[TaskDroppedHook] = []
 
 
 def on_terminal(fn: TerminalHook) -> TerminalHook:
-    """Register ``fn(session, run_id, status, route)``, called inside every transaction that ends a run
-    (``route``: the run's :data:`ROUTE` columns, read by the transition that ended it)."""
+    """Register ``fn(session, run_id, status, route)``, called inside every transaction that ends a run in a run
+    group, a child or a group's parent (``route``: the run's :data:`ROUTE` columns, read by the transition that
+    ended it). A run in no group may end without it, in one statement (:func:`_move_alone`)."""
     if fn not in _terminal_hooks:
         _terminal_hooks.append(fn)
     return fn
@@ -146,11 +160,70 @@ def create_run(
     session: Session | None = None,
 ) -> Run:
     """Validate and write a pending run (``direct``: or a submitted one, when the dispatcher says it may go
-    straight to a worker: see :data:`DirectSlot`; the caller publishes it after the commit). An invalid config,
+    straight to a worker: see :class:`DirectSlot`; the caller publishes it after the commit). An invalid config,
     or the same job already active on the same resource (or within the type's cooldown), raises before anything
     is written. Every caller (API, UI, CLI,
     schedules, children) gets the same input checks (:mod:`backend.validation`): strict types, storable text,
     and the config's size and depth limits."""
+    job_type, run = _new_run(run_type, config, organization_id=organization_id, origin=origin, priority=priority,
+                             created_by=created_by, display_name=display_name, input_asset_ids=input_asset_ids,
+                             parent_run_id=parent_run_id, group_id=group_id, retry_of=retry_of, attempt=attempt,
+                             not_before=not_before)
+
+    def write(s: Session) -> Run:
+        if check_duplicates and run.resource_id is not None:
+            _refuse_duplicate(s, job_type, organization_id, run.resource_id)
+        task_id = direct(s, job_type.queue, run_type) if direct is not None and not_before is None else None
+        changes = [_created_change(job_type, run)]
+        if task_id is not None:  # what mark_submitted would write, in the same statements
+            changes.append(_queue_directly(run, task_id))
+        outbox.append_many(s, run.id, changes, route=run, new_run={c.key: getattr(run, c.key) for c in _RUN_COLUMNS})
+        return run
+
+    return in_transaction(write, session)
+
+
+def create_run_alone(run_type: str, config: dict[str, Any], *, direct: DirectSlot, organization_id: uuid.UUID,
+                     check_duplicates: bool = True, **kw: Any) -> tuple[Run, str] | None:
+    """:func:`create_run` with ``direct``, in one statement of its own (PostgreSQL, ``engine.lone_statement``): the
+    duplicate checks, the dispatcher's answer (``curatore_direct_slot``, under the queue's lock), the run, its log
+    lines and outbox rows. Returns the run, written submitted or pending, and the dispatcher's answer:
+    ``direct`` (publish it), ``waiting`` or ``locked`` (a dispatch pass decides: run one), ``full`` (a pass would
+    not take it; a slot's freeing runs one). None when it cannot be made so (SQLite, a start time, an unknown
+    queue): call :func:`create_run` in a transaction. Raises as :func:`create_run` does, having written nothing."""
+    if get_engine().dialect.name != "postgresql" or kw.get("not_before") is not None:
+        return None
+    job_type, run = _new_run(run_type, config, organization_id=organization_id, **kw)
+    arguments = direct.arguments(job_type.queue, run_type)
+    if arguments is None:
+        return None
+    task_id = str(uuid.uuid4())
+    changes = [_created_change(job_type, run), _queue_directly(run, task_id, apply=False)]  # the 2nd: when direct
+    check = _duplicate_check(job_type) if check_duplicates and run.resource_id is not None else None
+    values = {c.key: getattr(run, c.key) for c in _RUN_COLUMNS}
+    keys = tuple(k for k, v in values.items() if k not in _QUEUED and (v is not None or k in outbox.DEFAULTED))
+    params = {f"r_{k}": values[k] for k in keys} | {f"d_{k}": v for k, v in arguments.items()}
+    params |= {"q_task_id": task_id, "q_now": run.created_at} | outbox.changes_params(run.id, changes, run)
+    if check is not None:
+        params |= {"dup_org": organization_id, "dup_names": [job_type.key, *job_type.aliases],
+                   "dup_resource": run.resource_id,
+                   "dup_since": utcnow() - timedelta(seconds=job_type.dedupe_cooldown_seconds or 0)}
+    row = lone_statement(_created_alone(keys, check), params)
+    assert row is not None
+    if row.active_dup is not None or row.recent_dup is not None:
+        raise _duplicate(job_type, run.resource_id, row.active_dup, row.recent_dup)
+    outbox.notify()
+    if row.verdict == "direct":
+        _queue_directly(run, task_id)
+    return run, row.verdict
+
+
+def _new_run(run_type: str, config: dict[str, Any], *, organization_id: uuid.UUID,
+             origin: RunOrigin = RunOrigin.USER, priority: int | None = None, created_by: str | None = None,
+             display_name: str | None = None, input_asset_ids: list[str] | None = None,
+             parent_run_id: uuid.UUID | None = None, group_id: uuid.UUID | None = None,
+             retry_of: uuid.UUID | None = None, attempt: int = 1, not_before: datetime | None = None) -> tuple[Any, Run]:
+    """The checked job type and the new pending run (not written yet)."""
     check_text(run_type, "run_type")
     check_text(display_name, "name", max_length=MAX_NAME)
     check_priority(priority)
@@ -159,51 +232,94 @@ def create_run(
     asset_ids = list(input_asset_ids or [])
     if job_type.resource_type == "asset" and job_type.resource_id_field and clean.get(job_type.resource_id_field):
         asset_ids = asset_ids or [str(clean[job_type.resource_id_field])]
+    now = utcnow()
+    return job_type, Run(
+        organization_id=organization_id,
+        run_type=run_type,
+        origin=origin,
+        priority=job_type.default_priority if priority is None else priority,
+        queue=job_type.queue,
+        display_name=display_name,
+        config=clean,
+        progress=empty_progress(),
+        input_asset_ids=asset_ids,
+        resource_type=job_type.resource_type,
+        resource_id=job_type.resource_id_from(clean),
+        created_by=created_by,
+        parent_run_id=parent_run_id,
+        group_id=group_id,
+        retry_of=retry_of,
+        attempt=attempt,
+        not_before=not_before,
+        created_at=now,
+        last_activity_at=now,
+    )
 
-    def write(s: Session) -> Run:
-        resource_id = job_type.resource_id_from(clean)
-        if check_duplicates and resource_id is not None:
-            _refuse_duplicate(s, job_type, organization_id, resource_id)
-        task_id = direct(s, job_type.queue, run_type) if direct is not None and not_before is None else None
-        now = utcnow()
-        run = Run(
-            organization_id=organization_id,
-            run_type=run_type,
-            origin=origin,
-            priority=job_type.default_priority if priority is None else priority,
-            queue=job_type.queue,
-            display_name=display_name,
-            config=clean,
-            progress=empty_progress(),
-            input_asset_ids=asset_ids,
-            resource_type=job_type.resource_type,
-            resource_id=resource_id,
-            created_by=created_by,
-            parent_run_id=parent_run_id,
-            group_id=group_id,
-            retry_of=retry_of,
-            attempt=attempt,
-            not_before=not_before,
-            created_at=now,
-            last_activity_at=now,
-        )
-        changes = [_change_row(run.id, LogLevel.INFO, "created", f"{job_type.label} run created",
-                               {"origin": origin.value}, "created", {"status": S.PENDING.value})]
-        if task_id is not None:  # what mark_submitted would write, in the same statements
-            queued = {"submitted_at": now, "submitted_to_celery_at": now, "celery_task_id": task_id,
-                      "dispatch_attempt": 1}
-            for key, value in queued.items():
-                setattr(run, key, value)
-            run.status = S.SUBMITTED
-            changes.append(_change_row(
-                run.id, LogLevel.INFO, EVENT_TYPES[S.SUBMITTED], "Queued for a worker",
-                {"from": S.PENDING.value, "to": S.SUBMITTED.value}, "status",
-                {"status": S.SUBMITTED.value, "from": S.PENDING.value,
-                 "fields": _json_safe({"last_activity_at": now} | queued)}))
-        outbox.append_many(s, run.id, changes, route=run, new_run={c.key: getattr(run, c.key) for c in _RUN_COLUMNS})
-        return run
 
-    return in_transaction(write, session)
+def _created_change(job_type: Any, run: Run) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    return _change_row(run.id, LogLevel.INFO, "created", f"{job_type.label} run created",
+                       {"origin": RunOrigin(run.origin).value}, "created", {"status": S.PENDING.value})
+
+
+# What a run sent straight to a worker has that a pending one has not (mark_submitted's values).
+_QUEUED = ("status", "submitted_at", "submitted_to_celery_at", "celery_task_id", "dispatch_attempt")
+
+
+def _queue_directly(run: Run, task_id: str, apply: bool = True) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Make ``run`` (not written yet) one sent straight to a worker, as ``mark_submitted`` would (``apply``: else
+    leave it as it is); returns the change (log line and outbox row) that says so."""
+    now = run.created_at
+    queued = {"submitted_at": now, "submitted_to_celery_at": now, "celery_task_id": task_id, "dispatch_attempt": 1}
+    if apply:
+        for key, value in queued.items():
+            setattr(run, key, value)
+        run.status = S.SUBMITTED
+    return _change_row(run.id, LogLevel.INFO, EVENT_TYPES[S.SUBMITTED], "Queued for a worker",
+                       {"from": S.PENDING.value, "to": S.SUBMITTED.value}, "status",
+                       {"status": S.SUBMITTED.value, "from": S.PENDING.value,
+                        "fields": _json_safe({"last_activity_at": now} | queued)})
+
+
+def _duplicate_check(job_type: Any) -> str:
+    return "active and recent" if job_type.dedupe_cooldown_seconds else "active"
+
+
+@functools.cache
+def _created_alone(run_keys: tuple[str, ...], check: str | None) -> Any:
+    """The statement of :func:`create_run_alone`, built once per set of columns and duplicate check: ``slot``
+    asks ``curatore_direct_slot`` (parameters ``d_*``) and reads the duplicates (``dup_*``); the run (``r_*``)
+    is inserted when there is none, submitted (``q_*``) when the answer is ``direct``; then its ``created`` line
+    and row, and, only when direct, its ``queued`` ones (``outbox.logged_changes``). Returns the answer and the
+    duplicates' ids."""
+    runs = _RUNS.c
+    same = [runs.organization_id == bindparam("dup_org"), runs.run_type.in_(bindparam("dup_names", expanding=True)),
+            runs.resource_id == bindparam("dup_resource")]
+    active = (select(runs.id).where(*same, runs.status.in_([st for st in RunStatus if st.is_active])).limit(1)
+              .scalar_subquery() if check else null())
+    recent = (select(runs.id).where(*same, runs.status == S.COMPLETED, runs.completed_at >= bindparam("dup_since"))
+              .limit(1).scalar_subquery() if check == "active and recent" else null())
+    verdict = func.curatore_direct_slot(
+        bindparam("d_lock", type_=BigInteger), bindparam("d_queue", type_=Text), bindparam("d_limit", type_=Integer),
+        bindparam("d_now", type_=runs.created_at.type), bindparam("d_names", type_=ARRAY(Text)),
+        bindparam("d_type_limit", type_=Integer), type_=Text)
+    slot = select(verdict.label("verdict"), active.label("active_dup"), recent.label("recent_dup")).cte("slot")
+    direct = slot.c.verdict == literal_column("'direct'")  # constants written out: psycopg keeps the conversion
+    # of a statement of at most 50 parameters
+    queued = {
+        "status": case((direct, literal_column(f"'{S.SUBMITTED.value}'")), else_=literal_column(f"'{S.PENDING.value}'")),
+        "submitted_at": case((direct, bindparam("q_now", type_=runs.submitted_at.type))),
+        "submitted_to_celery_at": case((direct, bindparam("q_now", type_=runs.submitted_at.type))),
+        "celery_task_id": case((direct, bindparam("q_task_id", type_=runs.celery_task_id.type))),
+        "dispatch_attempt": case((direct, literal_column("1")), else_=literal_column("0")),
+    }
+    columns = {k: bindparam(f"r_{k}", type_=runs[k].type) for k in run_keys} | queued
+    new_run = (insert(_RUNS).from_select(list(columns), select(*columns.values()).select_from(slot)
+                                         .where(slot.c.active_dup.is_(None), slot.c.recent_dup.is_(None)),
+                                         include_defaults=False)
+               .returning(runs.id).cte("new_run"))
+    rows = outbox.logged_changes([select(new_run.c.id).subquery(),
+                                  select(new_run.c.id).select_from(new_run.join(slot, direct)).subquery()])
+    return select(slot.c.verdict, slot.c.active_dup, slot.c.recent_dup).add_cte(rows)
 
 
 def _a(label: str) -> str:
@@ -217,17 +333,22 @@ def _refuse_duplicate(session: Session, job_type: Any, organization_id: uuid.UUI
     active = session.execute(
         select(Run.id).where(*same, Run.status.in_([st for st in RunStatus if st.is_active])).limit(1)
     ).scalar_one_or_none()
-    if active is not None:
-        raise DuplicateRun(f"{_a(job_type.label)} run for {resource_id} is already queued or running ({active}).",
-                           run_id=str(active))
-    if job_type.dedupe_cooldown_seconds:
+    recent = None
+    if active is None and job_type.dedupe_cooldown_seconds:
         since = utcnow() - timedelta(seconds=job_type.dedupe_cooldown_seconds)
         recent = session.execute(
             select(Run.id).where(*same, Run.status == S.COMPLETED, Run.completed_at >= since).limit(1)
         ).scalar_one_or_none()
-        if recent is not None:
-            raise DuplicateRun(f"{_a(job_type.label)} run for {resource_id} completed less than "
-                               f"{job_type.dedupe_cooldown_seconds} s ago ({recent}).", run_id=str(recent))
+    if active is not None or recent is not None:
+        raise _duplicate(job_type, resource_id, active, recent)
+
+
+def _duplicate(job_type: Any, resource_id: str, active: uuid.UUID | None, recent: uuid.UUID | None) -> DuplicateRun:
+    if active is not None:
+        return DuplicateRun(f"{_a(job_type.label)} run for {resource_id} is already queued or running ({active}).",
+                            run_id=str(active))
+    return DuplicateRun(f"{_a(job_type.label)} run for {resource_id} completed less than "
+                        f"{job_type.dedupe_cooldown_seconds} s ago ({recent}).", run_id=str(recent))
 
 
 # --------------------------------------------------------------------------- the transition
@@ -351,6 +472,49 @@ def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: Ru
     value``): the compare-and-set, its log line and outbox row in one statement built once per shape
     (``outbox.logged_update``); a run's end also reads whether runs wait in its queue (its worker then lets the
     next one in without another read: ``session.info[QUEUE_WAITING]``). Returns NotImplemented for another shape."""
+    prepared = _statement_of_move(run_id, current, to, now, stamp, guard, message, level, event_type, context,
+                                  entity, alone=False)
+    if prepared is NotImplemented:
+        return NotImplemented
+    row = session.execute(*prepared).first()
+    if row is None:
+        return None
+    outbox.notify_after_commit(session)
+    route = _run_of(row) if entity else row
+    if to.is_terminal:
+        session.info.setdefault(QUEUE_WAITING, {})[run_id] = bool(row.queue_waiting)
+        _on_terminal(session, run_id, to, route)
+    return route
+
+
+def _move_alone(run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: str, *,
+                level: LogLevel = LogLevel.INFO, event_type: str | None = None, context: dict[str, Any] | None = None,
+                values: dict[str, Any] | None = None, guard: Any = None, entity: bool = False) -> Any:
+    """:func:`_move` as a transaction of its own, on PostgreSQL: its one statement sent alone, without BEGIN and
+    COMMIT (``engine.lone_statement``): a run's start and its end, the two transitions every run makes. A move
+    that ends a run is made this way only for a run in no run group (the terminal hooks, which count a child in
+    its group or seal a parent's, then have nothing to do): a run in one is not matched. Returns the :data:`ROUTE`
+    row (``entity``: the :class:`Run`; a run's end: with ``queue_waiting``), or None when nothing matched (the
+    caller then goes the usual way, in a transaction), or on SQLite."""
+    if get_engine().dialect.name != "postgresql":
+        return None
+    now = utcnow()
+    prepared = _statement_of_move(run_id, current, to, now, _stamps(to, now) | (values or {}), guard, message,
+                                  level, event_type, context, entity, alone=to.is_terminal)
+    if prepared is NotImplemented:
+        return None
+    row = lone_statement(*prepared)
+    if row is None:
+        return None
+    outbox.notify()
+    return _run_of(row) if entity else row
+
+
+def _statement_of_move(run_id: uuid.UUID, current: RunStatus, to: RunStatus, now: datetime, stamp: dict[str, Any],
+                       guard: Any, message: str, level: LogLevel, event_type: str | None,
+                       context: dict[str, Any] | None, entity: bool, alone: bool) -> Any:
+    """The one statement of a move and its parameters, or NotImplemented for a shape it does not cover (see
+    :func:`_move_in_one`). ``alone``: it matches only a run in no run group."""
     guard_key = None
     params: dict[str, Any] = {"t_run_id": run_id, "t_current": current}
     if guard is not None:
@@ -368,12 +532,14 @@ def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: Ru
             params[f"v_{key}"] = now
         else:
             return NotImplemented
-    key = (current, to, tuple(shape), guard_key, entity)
+    key = (current, to, tuple(shape), guard_key, entity, alone)
     statement = _TRANSITIONS.get(key)
     if statement is None:
         conditions = [_RUNS.c.id == bindparam("t_run_id"), _RUNS.c.status == bindparam("t_current", type_=_STATUS)]
         if guard_key is not None:
             conditions.append(_RUNS.c[guard_key] == bindparam("t_guard", type_=_RUNS.c[guard_key].type))
+        if alone:
+            conditions += [_RUNS.c.group_id.is_(None), _RUNS.c.is_group_parent.is_(False)]
         values = {k: _EXPRESSIONS[k](bindparam(f"v_{k}", type_=_RUNS.c[k].type)) if is_expression
                   else bindparam(f"v_{k}", type_=_RUNS.c[k].type) for k, is_expression in shape}
         returning = (*(_RUN_COLUMNS if entity else ROUTE), *((_QUEUE_WAITING,) if to.is_terminal else ()))
@@ -383,14 +549,11 @@ def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: Ru
     change = _change_row(run_id, level, event_type or EVENT_TYPES[to], message,
                          {"from": current.value, "to": to.value} | (context or {}), "status",
                          {"status": to.value, "from": current.value, "fields": _json_safe(changed)})
-    row = session.execute(statement, params | outbox.logged_update_params(session, run_id, change)).first()
-    if row is None:
-        return None
-    route = Run(**{c.key: row._mapping[c.key] for c in _RUN_COLUMNS}) if entity else row
-    if to.is_terminal:
-        session.info.setdefault(QUEUE_WAITING, {})[run_id] = bool(row.queue_waiting)
-        _on_terminal(session, run_id, to, route)
-    return route
+    return statement, params | outbox.logged_update_params(run_id, change)
+
+
+def _run_of(row: Any) -> Run:
+    return Run(**{c.key: row._mapping[c.key] for c in _RUN_COLUMNS})
 
 
 _STATUS = Run.__table__.c.status.type
@@ -450,11 +613,16 @@ def start(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: 
 def start_and_load(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_seconds: float) -> Run | None:
     """:func:`start`, returning the started run read in the same transaction (None if it did not start):
     a worker has nothing more to read before its heartbeat takes over."""
+    values = {"worker_hostname": worker[:200], "lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
+    # The usual case, submitted for this very dispatch attempt, in one statement of its own (PostgreSQL).
+    started = _move_alone(run_id, S.SUBMITTED, S.RUNNING, f"Started on {worker}", values=values,
+                          guard=Run.dispatch_attempt == dispatch_attempt, entity=True)
+    if started is not None:
+        return started
 
     def write(s: Session) -> Run | None:
-        now = utcnow()
-        values = {"worker_hostname": worker[:200], "lease_expires_at": now + timedelta(seconds=lease_seconds)}
-        # The usual case in one compare-and-set: submitted, for this very dispatch attempt.
+        # The usual case in one compare-and-set (on PostgreSQL tried above, alone: here only on SQLite or when it
+        # matched nothing, to tell why).
         started = _move(s, run_id, S.SUBMITTED, S.RUNNING, f"Started on {worker}", values=values,
                         guard=Run.dispatch_attempt == dispatch_attempt, entity=True)
         if started is not None:
@@ -578,6 +746,15 @@ def complete(run_id: uuid.UUID, results: dict[str, Any] | None = None, message: 
              session: Session | None = None) -> bool:
     return _change(run_id, S.COMPLETED, message, session, values={"results_summary": _json_safe(results or {})},
                    likely=S.RUNNING) is not None
+
+
+def complete_alone(run_id: uuid.UUID, results: dict[str, Any] | None = None, message: str = "Completed") -> bool | None:
+    """:func:`complete` for a running run in no run group, in one statement of its own (PostgreSQL): returns
+    whether runs wait for a slot in its queue, or None when it was not completed this way (it is in a group or
+    not running, or on SQLite: call :func:`complete`)."""
+    ended = _move_alone(run_id, S.RUNNING, S.COMPLETED, message,
+                        values={"results_summary": _json_safe(results or {})})
+    return None if ended is None else bool(ended.queue_waiting)
 
 
 def fail(

@@ -268,14 +268,17 @@ class Heartbeat(threading.Thread):
         executor = (os.getpid(), threading.get_ident())  # a forked pool process starts its own
         with cls._create_lock:
             beat = cls._of_executor.get(executor)
-            if beat is None or not beat.is_alive():
+            new = beat is None or not beat.is_alive()
+            if new:
                 beat = cls._of_executor[executor] = cls()
-                beat.start()
         with beat._changed:
             beat.ctx, beat.interval, beat.lease, beat.grace = ctx, interval, lease, grace
             beat._cancel_seen_at = None
             beat._due = time.monotonic() + interval
-            beat._changed.notify()
+            # Not woken: it is waiting until its last run's beat was due, or, idle, at most an interval (both
+            # before this one's), and then waits on to this due time. A run costs its thread no wake-up.
+        if new:
+            beat.start()
         return beat
 
     def stop(self) -> None:
@@ -287,7 +290,7 @@ class Heartbeat(threading.Thread):
         while True:
             with self._changed:
                 while self.ctx is None or self._due > time.monotonic():
-                    self._changed.wait(None if self.ctx is None else self._due - time.monotonic())
+                    self._changed.wait(self.interval if self.ctx is None else self._due - time.monotonic())
                 ctx = self.ctx
                 self._due = time.monotonic() + self.interval
             with self._beating:
@@ -495,6 +498,11 @@ def _finish(ctx: JobContext, results: dict[str, Any]) -> str:
                         {"children": n})
         groups.seal(group.id)
         return "sealed"
+    waiting = service.complete_alone(rid, results)  # the usual case, in one statement (PostgreSQL)
+    if waiting is not None:
+        ctx._queue_waiting = waiting
+        return "completed"
+
     def complete(s: Any) -> bool:
         done = service.complete(rid, results, session=s)
         waiting = s.info.get(service.QUEUE_WAITING, {}).get(rid)  # read back by the completing UPDATE

@@ -27,14 +27,21 @@ def extraction(org_id: uuid.UUID) -> Run:
 
 def test_a_run_with_room_is_submitted_in_its_one_transaction(backend) -> None:  # type: ignore[no-untyped-def]
     org = ensure_org("acme", "Acme")
-    commits = []
-    listener = lambda *_: commits.append(1)  # noqa: E731
-    event.listen(get_engine(), "commit", listener)
+    transactions = []  # committed ones, and statements sent alone (autocommit: each its own transaction)
+    on_commit = lambda *_: transactions.append("commit")  # noqa: E731
+
+    def on_execute(conn, *_) -> None:  # type: ignore[no-untyped-def]
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            transactions.append("alone")
+
+    event.listen(get_engine(), "commit", on_commit)
+    event.listen(get_engine(), "before_cursor_execute", on_execute)
     try:
         run = extraction(org.id)
     finally:
-        event.remove(get_engine(), "commit", listener)
-    assert len(commits) == 1
+        event.remove(get_engine(), "commit", on_commit)
+        event.remove(get_engine(), "before_cursor_execute", on_execute)
+    assert len(transactions) == 1
     stored = get_run(run.id)
     assert S(stored.status) is S.SUBMITTED and stored.dispatch_attempt == 1
     assert stored.celery_task_id == run.celery_task_id and stored.submitted_at is not None
@@ -73,3 +80,42 @@ def test_a_type_at_its_own_limit_waits(backend, tmp_path) -> None:  # type: igno
     service.mark_cancelled(runs[0].id, "test")  # a slot frees; the next submit's pass takes the waiting one
     later = extraction(org.id)
     assert [S(get_run(r.id).status) for r in [runs[2], later]] == [S.SUBMITTED, S.PENDING]
+
+
+def test_the_database_function_answers_as_the_dispatcher_does(pg_backend, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``curatore_direct_slot`` (the creating statement's question, migration 0013) and ``dispatcher.direct_slot``
+    (the same question in a transaction) agree: room, a waiting run, a full queue, a type at its own limit, and a
+    queue another dispatcher holds."""
+    from sqlalchemy import func
+
+    from backend.queues.dispatcher import _lock_key, direct_slot
+
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(json.dumps({"job_types": {"extraction": {"max_concurrency": 3}}}))
+    pg_backend.extend({"CURATORE_REGISTRY_OVERRIDES": str(overrides)})
+    org = ensure_org("acme", "Acme")
+
+    def answers() -> tuple[str, bool]:
+        arguments = direct_slot.arguments("extraction", "extraction")
+        assert arguments is not None
+        verdict = in_transaction(lambda s: s.execute(select(func.curatore_direct_slot(*arguments.values()))).scalar())
+        return verdict, in_transaction(lambda s: direct_slot(s, "extraction", "extraction")) is not None
+
+    assert answers() == ("direct", True)
+    runs = [extraction(org.id) for _ in range(4)]  # the type's limit is 3: the 4th waits
+    assert [S(get_run(r.id).status) for r in runs] == [S.SUBMITTED] * 3 + [S.PENDING]
+    assert answers() == ("waiting", False)
+    service.mark_cancelled(runs[3].id, "test")  # nothing waits; the type is full (the queue, of 4, is not)
+    assert answers() == ("full", False)
+    in_transaction(lambda s: s.execute(Run.__table__.update().where(Run.id == runs[0].id).values(run_type="x")))
+    assert answers() == ("direct", True)  # a slot of the type is free (the queue's 4 are not all taken)
+    extraction(org.id)  # the queue's 4th slot: the queue is full
+    assert answers() == ("full", False)
+    in_transaction(lambda s: s.execute(Run.__table__.update().where(Run.id == runs[1].id).values(status=S.FAILED)))
+    assert answers() == ("direct", True)
+
+    def held(s) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
+        s.execute(select(func.pg_advisory_xact_lock(_lock_key("extraction"))))  # another dispatcher's pass
+        return answers()
+
+    assert in_transaction(held) == ("locked", False)
