@@ -222,7 +222,8 @@ def _new_run(run_type: str, config: dict[str, Any], *, organization_id: uuid.UUI
              origin: RunOrigin = RunOrigin.USER, priority: int | None = None, created_by: str | None = None,
              display_name: str | None = None, input_asset_ids: list[str] | None = None,
              parent_run_id: uuid.UUID | None = None, group_id: uuid.UUID | None = None,
-             retry_of: uuid.UUID | None = None, attempt: int = 1, not_before: datetime | None = None) -> tuple[Any, Run]:
+             retry_of: uuid.UUID | None = None, attempt: int = 1,
+             not_before: datetime | None = None) -> tuple[Any, Run]:
     """The checked job type and the new pending run (not written yet)."""
     check_text(run_type, "run_type")
     check_text(display_name, "name", max_length=MAX_NAME)
@@ -306,7 +307,8 @@ def _created_alone(run_keys: tuple[str, ...], check: str | None) -> Any:
     direct = slot.c.verdict == literal_column("'direct'")  # constants written out: psycopg keeps the conversion
     # of a statement of at most 50 parameters
     queued = {
-        "status": case((direct, literal_column(f"'{S.SUBMITTED.value}'")), else_=literal_column(f"'{S.PENDING.value}'")),
+        "status": case((direct, literal_column(f"'{S.SUBMITTED.value}'")),
+                       else_=literal_column(f"'{S.PENDING.value}'")),
         "submitted_at": case((direct, bindparam("q_now", type_=runs.submitted_at.type))),
         "submitted_to_celery_at": case((direct, bindparam("q_now", type_=runs.submitted_at.type))),
         "celery_task_id": case((direct, bindparam("q_task_id", type_=runs.celery_task_id.type))),

@@ -498,7 +498,9 @@ def _finish(ctx: JobContext, results: dict[str, Any]) -> str:
                         {"children": n})
         groups.seal(group.id)
         return "sealed"
-    waiting = service.complete_alone(rid, results)  # the usual case, in one statement (PostgreSQL)
+    # The usual case, a run in no group, in one statement (PostgreSQL; a group's child ends in a transaction,
+    # with its group's count).
+    waiting = service.complete_alone(rid, results) if ctx.run.group_id is None else None
     if waiting is not None:
         ctx._queue_waiting = waiting
         return "completed"
