@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (ARRAY, BigInteger, BindParameter, ColumnElement, Integer, Text, bindparam, case, func,
                         insert, literal_column, null, select, update)
+from sqlalchemy.orm.base import manager_of_class
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression
 from sqlmodel import Session
@@ -491,7 +492,8 @@ def _move_in_one(session: Session, run_id: uuid.UUID, current: RunStatus, to: Ru
 
 def _move_alone(run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: str, *,
                 level: LogLevel = LogLevel.INFO, event_type: str | None = None, context: dict[str, Any] | None = None,
-                values: dict[str, Any] | None = None, guard: Any = None, entity: bool = False) -> Any:
+                values: dict[str, Any] | None = None, guard: tuple[str, Any] | None = None,
+                entity: bool = False) -> Any:
     """:func:`_move` as a transaction of its own, on PostgreSQL: its one statement sent alone, without BEGIN and
     COMMIT (``engine.lone_statement``): a run's start and its end, the two transitions every run makes. A move
     that ends a run is made this way only for a run in no run group (the terminal hooks, which count a child in
@@ -516,10 +518,12 @@ def _statement_of_move(run_id: uuid.UUID, current: RunStatus, to: RunStatus, now
                        guard: Any, message: str, level: LogLevel, event_type: str | None,
                        context: dict[str, Any] | None, entity: bool, alone: bool) -> Any:
     """The one statement of a move and its parameters, or NotImplemented for a shape it does not cover (see
-    :func:`_move_in_one`). ``alone``: it matches only a run in no run group."""
+    :func:`_move_in_one`; ``guard``: also ``(column, value)``). ``alone``: it matches only a run in no run group."""
     guard_key = None
     params: dict[str, Any] = {"t_run_id": run_id, "t_current": current}
-    if guard is not None:
+    if isinstance(guard, tuple):  # (column, value): the guard of a hot transition, with no expression to build
+        guard_key, params["t_guard"] = guard
+    elif guard is not None:
         if not (isinstance(guard, BinaryExpression) and guard.operator is operators.eq
                 and isinstance(guard.left, ColumnElement) and isinstance(guard.right, BindParameter)):
             return NotImplemented
@@ -555,7 +559,16 @@ def _statement_of_move(run_id: uuid.UUID, current: RunStatus, to: RunStatus, now
 
 
 def _run_of(row: Any) -> Run:
-    return Run(**{c.key: row._mapping[c.key] for c in _RUN_COLUMNS})
+    """The :class:`Run` of a row that has all its columns, made as the ORM makes a loaded one (no ``__init__``)."""
+    _RUN_CLASS.mapper._check_configure()  # as Run() would (once per process)
+    run = _RUN_CLASS.new_instance()
+    mapping = row._mapping
+    run.__dict__.update({key: mapping[key] for key in _RUN_KEYS})
+    return run
+
+
+_RUN_CLASS = manager_of_class(Run)
+_RUN_KEYS = tuple(c.key for c in _RUN_COLUMNS)
 
 
 _STATUS = Run.__table__.c.status.type
@@ -618,7 +631,7 @@ def start_and_load(run_id: uuid.UUID, dispatch_attempt: int, worker: str, lease_
     values = {"worker_hostname": worker[:200], "lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
     # The usual case, submitted for this very dispatch attempt, in one statement of its own (PostgreSQL).
     started = _move_alone(run_id, S.SUBMITTED, S.RUNNING, f"Started on {worker}", values=values,
-                          guard=Run.dispatch_attempt == dispatch_attempt, entity=True)
+                          guard=("dispatch_attempt", dispatch_attempt), entity=True)
     if started is not None:
         return started
 
