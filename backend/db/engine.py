@@ -161,15 +161,6 @@ def in_transaction(fn: Callable[[Session], T], session: Session | None = None, *
     """
     if session is not None:
         return fn(session)
-    waited = _Patience()
-    while True:
-        try:
-            return _in_new_transaction(fn, read_only)
-        except DatabaseUnavailable as exc:
-            waited.wait_or_raise(exc)
-
-
-def _in_new_transaction(fn: Callable[[Session], T], read_only: bool) -> T:
     return _retried(lambda: _in_session(fn, read_only))
 
 
@@ -180,7 +171,16 @@ def _in_session(fn: Callable[[Session], T], read_only: bool) -> T:
 
 def _retried(fn: Callable[[], T]) -> T:
     """``fn``, tried again (up to six times, after a doubling wait) when the database broke a deadlock or a
-    serialization conflict by failing it."""
+    serialization conflict by failing it, and, inside :func:`patience`, while the database cannot be reached."""
+    waited = _Patience()
+    while True:
+        try:
+            return _retried_on_conflict(fn)
+        except DatabaseUnavailable as exc:
+            waited.wait_or_raise(exc)
+
+
+def _retried_on_conflict(fn: Callable[[], T]) -> T:
     for attempt in range(6):
         try:
             return fn()
@@ -202,12 +202,7 @@ def lone_statement(statement: Any, params: dict[str, Any]) -> Row[Any] | None:
         with _translated_errors(), _autocommit(get_engine()).connect() as connection:
             return connection.execute(statement, params).first()
 
-    waited = _Patience()
-    while True:
-        try:
-            return _retried(once)
-        except DatabaseUnavailable as exc:
-            waited.wait_or_raise(exc)
+    return _retried(once)
 
 
 def _autocommit(engine: Engine) -> Engine:

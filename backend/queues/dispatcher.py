@@ -136,17 +136,15 @@ class _DirectSlot:
         """Asked in ``session``'s transaction: the new Celery task id, or None (the run is then created pending and
         a pass decides). On PostgreSQL it takes the queue's dispatch lock, as a pass does, and holds it to the
         commit (None when another dispatcher holds it)."""
-        registry = get_registry()
-        if queue not in registry.queues:
+        asked = self.arguments(queue, run_type)
+        if asked is None:
             return None
         if session.get_bind().dialect.name == "postgresql":
-            if not session.execute(_TRY_LOCK, {"key": _lock_key(queue)}).scalar_one():
+            if not session.execute(_TRY_LOCK, {"key": asked["lock"]}).scalar_one():
                 return None
-        type_limit, names = _type_limit(registry, run_type)
-        limit = registry.queues[queue].max_concurrency
+        limit, type_limit = asked["limit"], asked["type_limit"]
         check = _DIRECT_CHECK if type_limit is None else _DIRECT_CHECK_WITH_TYPE
-        active, waiting, type_active = session.execute(check, {"queue": queue, "now": utcnow(), "names": names,
-                                                               "limit": limit, "type_limit": type_limit}).one()
+        active, waiting, type_active = session.execute(check, asked).one()
         if waiting or active >= limit or (type_limit and type_active >= type_limit):
             return None
         return str(uuid.uuid4())

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (ARRAY, BigInteger, BindParameter, ColumnElement, Integer, Text, bindparam, case, func,
                         insert, literal_column, null, select, update)
+from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.base import manager_of_class
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression
@@ -454,7 +455,7 @@ def _move(
     changed_run = update(_RUNS).where(*conditions).values(**stamp)  # Core: no ORM bookkeeping on the hot path
     if entity:
         row = session.execute(changed_run.returning(*_RUN_COLUMNS)).first()
-        route = None if row is None else Run(**row._mapping)
+        route = None if row is None else _run_of(row)
     else:
         route = session.execute(changed_run.returning(*ROUTE)).first()
     if route is None:
@@ -560,7 +561,7 @@ def _statement_of_move(run_id: uuid.UUID, current: RunStatus, to: RunStatus, now
 
 def _run_of(row: Any) -> Run:
     """The :class:`Run` of a row that has all its columns, made as the ORM makes a loaded one (no ``__init__``)."""
-    _RUN_CLASS.mapper._check_configure()  # as Run() would (once per process)
+    configure_mappers()  # as Run() would (once per process; then a flag's check)
     run = _RUN_CLASS.new_instance()
     mapping = row._mapping
     run.__dict__.update({key: mapping[key] for key in _RUN_KEYS})
