@@ -140,6 +140,18 @@ class RedisChannel(_redis.Channel):
             self.do_restore = False
         super().close()
 
+    def _create_client(self, asynchronous: bool = False):  # type: ignore[no-untyped-def]
+        """kombu makes a new Redis client object (a copy of redis-py's 170 response callbacks) for every publish
+        and acknowledgement; one per connection pool does (a client is its pool's: thread-safe, no state of
+        its own). A pool replaced after a reconnect gets a client of its own."""
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        client = self.__dict__.get("_pool_client")
+        if client is None or client.connection_pool is not pool:
+            client = self.__dict__["_pool_client"] = super()._create_client()
+        return client
+
     @property
     def detached(self) -> bool:
         """Whether the transport this channel came from was collected (the broker connection broke)."""
