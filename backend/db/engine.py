@@ -245,7 +245,12 @@ class _Driven:
         values = self.compiled.construct_params(params)
         for name, process in self.binds:
             values[name] = process(values[name])
-        pooled = engine.raw_connection()
+        error = engine.dialect.loaded_dbapi.Error
+        try:
+            pooled = engine.raw_connection()
+        except error as exc:  # refused (too many connections, the server away): as Engine.connect() raises it
+            raise DBAPIError.instance(None, None, exc, error, dialect=engine.dialect,
+                                      connection_invalidated=engine.dialect.is_disconnect(exc, None, None)) from exc
         connection = pooled.driver_connection
         try:
             connection.autocommit = True
@@ -255,13 +260,13 @@ class _Driven:
                     row = cursor.fetchone()
             finally:
                 connection.autocommit = False
-        except engine.dialect.loaded_dbapi.Error as exc:
+        except error as exc:
             lost = engine.dialect.is_disconnect(exc, connection, None)
             if lost:  # as SQLAlchemy does: this connection, and the pool's others (opened before the loss), go
                 pooled.invalidate(exc)
                 engine.dispose()
-            raise DBAPIError.instance(self.sql, values, exc, engine.dialect.loaded_dbapi.Error,
-                                      dialect=engine.dialect, connection_invalidated=lost) from exc
+            raise DBAPIError.instance(self.sql, values, exc, error, dialect=engine.dialect,
+                                      connection_invalidated=lost) from exc
         finally:
             pooled.close()
         if row is None:

@@ -232,7 +232,8 @@ def notify() -> None:
             if notifier is None:
                 notifier = _notifiers[key] = _Notifier(url)
                 notifier.start()
-    notifier.pending.set()
+    if not notifier.pending.is_set():  # already due: its publish is still to come (and costs no lock to know)
+        notifier.pending.set()
 
 
 def relay(session: Session) -> int:

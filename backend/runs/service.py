@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic_core import PydanticUndefined
-from sqlalchemy import (ARRAY, BigInteger, BindParameter, ColumnElement, Integer, Text, bindparam, case, func,
+from sqlalchemy import (ARRAY, BigInteger, BindParameter, ColumnElement, Integer, Text, any_, bindparam, case, func,
                         insert, literal_column, null, select, update)
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.base import manager_of_class
@@ -296,9 +296,12 @@ def _created_alone(run_keys: tuple[str, ...], check: str | None) -> Any:
     and row, and, only when direct, its ``queued`` ones (``outbox.logged_changes``). Returns the answer and the
     duplicates' ids."""
     runs = _RUNS.c
-    same = [runs.organization_id == bindparam("dup_org"), runs.run_type.in_(bindparam("dup_names", expanding=True)),
+    # No IN list (SQLAlchemy expands one at every execution): an array parameter and the statuses written out.
+    same = [runs.organization_id == bindparam("dup_org"), runs.run_type == any_(bindparam("dup_names",
+                                                                                         type_=ARRAY(Text))),
             runs.resource_id == bindparam("dup_resource")]
-    active = (select(runs.id).where(*same, runs.status.in_([st for st in RunStatus if st.is_active])).limit(1)
+    active_statuses = [literal_column(f"'{st.value}'") for st in RunStatus if st.is_active]
+    active = (select(runs.id).where(*same, runs.status.in_(active_statuses)).limit(1)
               .scalar_subquery() if check else null())
     recent = (select(runs.id).where(*same, runs.status == S.COMPLETED, runs.completed_at >= bindparam("dup_since"))
               .limit(1).scalar_subquery() if check == "active and recent" else null())
@@ -359,12 +362,22 @@ def _duplicate(job_type: Any, resource_id: str, active: uuid.UUID | None, recent
 # --------------------------------------------------------------------------- the transition
 
 
-def _stamps(to: RunStatus, now: datetime) -> dict[str, Any]:
+class _Prebuilt:
+    """A value a statement built once writes with its expression of :data:`_EXPRESSIONS` (``_statement_of_move``):
+    in place of the expression, which then is not built for every move."""
+
+    compile = None  # what tells an expression from a value (see _statement_of_move)
+
+
+_PREBUILT = _Prebuilt()
+
+
+def _stamps(to: RunStatus, now: datetime, prebuilt: bool = False) -> dict[str, Any]:
     values: dict[str, Any] = {"status": to, "last_activity_at": now}
     if to is S.SUBMITTED:
         values["submitted_at"] = now
     elif to is S.RUNNING:
-        values["started_at"] = func.coalesce(Run.started_at, now)
+        values["started_at"] = _PREBUILT if prebuilt else func.coalesce(Run.started_at, now)
         values["heartbeat_at"] = now
     elif to is S.CANCELLING:
         values["cancel_requested_at"] = now
@@ -505,8 +518,9 @@ def _move_alone(run_id: uuid.UUID, current: RunStatus, to: RunStatus, message: s
     if get_engine().dialect.name != "postgresql":
         return None
     now = utcnow()
-    prepared = _statement_of_move(run_id, current, to, now, _stamps(to, now) | (values or {}), guard, message,
-                                  level, event_type, context, entity, alone=to.is_terminal)
+    stamp = _stamps(to, now, prebuilt=True) | (values or {})
+    prepared = _statement_of_move(run_id, current, to, now, stamp, guard, message, level, event_type, context, entity,
+                                  alone=to.is_terminal)
     if prepared is NotImplemented:
         return None
     row = lone_statement(*prepared)

@@ -13,19 +13,24 @@ from backend.auth.orgs import ensure_org
 from backend.db import engine
 from backend.db.engine import get_engine, in_transaction, patience
 from backend.db.states import RunStatus
-from backend.errors import DatabaseUnavailable
+from backend.errors import DatabaseUnavailable, DuplicateRun
 from backend.queues.dispatch import submit_run
 from backend.runs import service
 from backend.runs.queries import get_logs, get_run
 
 
-def test_the_driver_reads_back_what_sqlalchemy_reads(pg_backend, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("run_type", ["system_maintenance", "extraction"])  # without, with a duplicate check
+def test_the_driver_reads_back_what_sqlalchemy_reads(pg_backend, monkeypatch, run_type) -> None:  # type: ignore[no-untyped-def]
     org = ensure_org("acme", "Acme")
     watched = engine._watched
     made: dict[str, dict[str, object]] = {}
     for way in ("sqlalchemy", "driver"):
         monkeypatch.setattr(engine, "_watched", (lambda _engine: True) if way == "sqlalchemy" else watched)
-        submitted = submit_run("system_maintenance", {}, organization_id=org.id)  # no duplicate check: one statement
+        config = {"asset_id": str(uuid.uuid4())} if run_type == "extraction" else {}
+        submitted = submit_run(run_type, config, organization_id=org.id)
+        if run_type == "extraction":  # the same asset again while it is queued: refused, nothing written
+            with pytest.raises(DuplicateRun):
+                submit_run(run_type, config, organization_id=org.id)
         started = service.start_and_load(submitted.id, submitted.dispatch_attempt, "w1", 60)
         assert started is not None
         waiting = service.complete_alone(submitted.id, {"pages": 3})
@@ -33,13 +38,15 @@ def test_the_driver_reads_back_what_sqlalchemy_reads(pg_backend, monkeypatch) ->
                      "stored": get_run(submitted.id).__dict__, "log": [e.event_type for e in get_logs(submitted.id)]}
     assert made["driver"]["waiting"] is made["sqlalchemy"]["waiting"] is False
     assert made["driver"]["log"] == made["sqlalchemy"]["log"] == ["created", "queued", "start", "complete"]
+    assert in_transaction(lambda s: s.execute(text("SELECT count(*) FROM runs")).scalar_one()) == 2
+    per_resource = ("config", "resource_id", "input_asset_ids")
     for part in ("submitted", "started", "stored"):
         a, b = made["sqlalchemy"][part], made["driver"][part]
         keys = {k for k in a if not k.startswith("_")}
         assert keys == {k for k in b if not k.startswith("_")}
         for key in keys:  # same types (enums, aware datetimes, UUIDs, JSON); same values where not per run
             assert type(a[key]) is type(b[key]), (part, key, a[key], b[key])
-            if key not in ("id", "trace_id", "celery_task_id") and not key.endswith("_at"):
+            if key not in ("id", "trace_id", "celery_task_id", *per_resource) and not key.endswith("_at"):
                 assert a[key] == b[key], (part, key)
     started = made["driver"]["started"]
     assert started["status"] is RunStatus.RUNNING and started["worker_hostname"] == "w1"
