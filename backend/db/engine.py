@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (DBAPIError, InvalidatePoolError, InvalidRequestError, OperationalError,
+                            ProgrammingError)
 from sqlmodel import Session
 
 from backend.config import get_settings
@@ -234,15 +235,18 @@ class _Driven:
 
     def __init__(self, statement: Any, dialect: Any) -> None:
         compiled = statement.compile(dialect=dialect)
-        self.sql = compiled.string
-        self.compiled = compiled
+        self.sql = compiled.string.encode()  # bytes, hashed once: psycopg's cache of converted queries is keyed by it
+        self.embedded = compiled.params  # the values written into the statement
+        self.required = frozenset(name for bind, name in compiled.bind_names.items() if bind.required)
         self.binds = [(name, process) for bind, name in compiled.bind_names.items()
                       if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None]
         self.columns = [(column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
                         for column in statement.selected_columns]
 
     def run(self, engine: Engine, params: dict[str, Any]) -> LoneRow | None:
-        values = self.compiled.construct_params(params)
+        if not self.required <= params.keys():
+            raise InvalidRequestError(f"A value is required for {', '.join(sorted(self.required - params.keys()))}")
+        values = self.embedded | params
         for name, process in self.binds:
             values[name] = process(values[name])
         error = engine.dialect.loaded_dbapi.Error
@@ -265,7 +269,7 @@ class _Driven:
             if lost:  # as SQLAlchemy does: this connection, and the pool's others (opened before the loss), go
                 pooled.invalidate(exc)
                 engine.dispose()
-            raise DBAPIError.instance(self.sql, values, exc, error, dialect=engine.dialect,
+            raise DBAPIError.instance(self.sql.decode(), values, exc, error, dialect=engine.dialect,
                                       connection_invalidated=lost) from exc
         finally:
             pooled.close()
@@ -291,7 +295,7 @@ def _driven(engine: Engine, statement: Any) -> _Driven | None:
     driven = None
     if engine.dialect.name == "postgresql" and hasattr(statement, "selected_columns"):
         driven = _Driven(statement, engine.dialect)
-        if "POSTCOMPILE" in driven.sql:  # an IN list, expanded at each execution: SQLAlchemy's to make
+        if b"POSTCOMPILE" in driven.sql:  # an IN list, expanded at each execution: SQLAlchemy's to make
             driven = None
     _driven_statements[key] = (statement, driven)
     return driven

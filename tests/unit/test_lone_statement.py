@@ -77,3 +77,13 @@ def test_a_connection_lost_under_a_lone_statement_is_replaced(pg_backend) -> Non
         assert service.start_and_load(runs[1].id, runs[1].dispatch_attempt, "w1", 60) is not None
     assert in_transaction(lambda s: s.execute(text("SELECT count(*) FROM runs WHERE status = 'running'"))
                           .scalar_one()) == 2
+
+
+def test_a_lone_statement_missing_a_parameter_is_refused_before_it_is_sent(pg_backend) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import InvalidRequestError
+
+    org = ensure_org("acme", "Acme")
+    statement = service._created_alone(("id", "organization_id"), None)
+    with pytest.raises(InvalidRequestError, match="d_queue"):
+        engine.lone_statement(statement, {"r_id": uuid.uuid4(), "r_organization_id": org.id})
+    assert in_transaction(lambda s: s.execute(text("SELECT count(*) FROM runs")).scalar_one()) == 0
