@@ -11,6 +11,9 @@ from kombu import Queue
 from backend.queues import broker  # the same kombu transports (the tuned SQLite one, Redis) as the engine
 
 
+STOCK = "CURATORE_BENCH_BARE_STOCK"
+
+
 def make_app() -> Celery:
     """A new app on the broker the environment names (the worker's, or a fresh producer for each run)."""
     celery = Celery("bare")
@@ -18,7 +21,9 @@ def make_app() -> Celery:
     prefix = os.environ.get("CURATORE_BROKER_KEY_PREFIX")
     celery.conf.update(
         broker_url=url,
-        broker_transport=broker.REDIS_TRANSPORT if url.startswith("redis") else None,
+        # The engine's Redis transport (its fixes, and one client per pool: see broker.RedisChannel), unless
+        # CURATORE_BENCH_BARE_STOCK asks for kombu's own, as a plain Celery install has it.
+        broker_transport=(broker.REDIS_TRANSPORT if url.startswith("redis") and not os.environ.get(STOCK) else None),
         broker_transport_options=({"global_keyprefix": f"{prefix}bare:"} if url.startswith("redis") and prefix else
                                   {"connect_args": {"timeout": 30, "check_same_thread": False}}
                                   if url.startswith(broker.ALIAS) else {}),

@@ -9,8 +9,10 @@ For each mode (PostgreSQL + Redis; the embedded default: SQLite + the SQLite bro
   cost per run, and the CPU time per run of each process involved (this one, the worker's main and pool
   processes, the database's backends, redis-server: from /proc);
 - **bare Celery**: the same number of no-op tasks sent with ``send_task`` to a plain Celery app on the same
-  broker URL, with the same settings (prefork, ``-c N``, ``acks_late``, prefetch 1); tasks/s until the last one
-  ran (each appends a line to a file);
+  broker URL and kombu transport as the engine, with the same settings (prefork, ``-c N``, ``acks_late``,
+  prefetch 1); tasks/s until the last one ran (each appends a line to a file); on Redis also on kombu's own
+  Redis transport, as a plain Celery install has it (the engine's gives every publish and acknowledgement one
+  client less to build, bare Celery's too);
 - **statements per run**: SQL statements and transactions of one run's life, counted in this process by
   submitting a run and executing it here (``backend.worker.base.execute``, no Celery in between);
 - **submit alone**: ``submit_run`` with no worker beside it, and ``submit_many`` per run (a batch of 500).
@@ -212,11 +214,14 @@ def engine_rate(env: dict[str, str], runs: int, concurrency: int, data_dir: Path
 # --------------------------------------------------------------------------- bare Celery
 
 
-def bare_rate(env: dict[str, str], runs: int, concurrency: int, data_dir: Path) -> dict[str, float]:
-    out = data_dir / "bare-done.txt"
+def bare_rate(env: dict[str, str], runs: int, concurrency: int, data_dir: Path, stock: bool = False) -> dict[str, float]:
+    """Bare Celery's no-op tasks/s, on the engine's kombu transport (``stock``: on kombu's own Redis one)."""
+    from bench.bare_celery import STOCK
+
+    out = data_dir / f"bare-done{'-stock' if stock else ''}.txt"
     out.touch()
-    bare_env = env | {"CURATORE_BENCH_BARE_OUT": str(out)}
-    log = data_dir / "bare.log"
+    bare_env = env | {"CURATORE_BENCH_BARE_OUT": str(out)} | ({STOCK: "1"} if stock else {})
+    log = data_dir / f"bare{'-stock' if stock else ''}.log"
     worker = _spawn([sys.executable, "-m", "celery", "-A", "bench.bare_celery", "worker", "-c", str(concurrency),
                      "-Q", "bare", "-n", f"bare-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "warning"], bare_env, log)
     os.environ["CURATORE_BENCH_BARE_OUT"] = str(out)
@@ -226,7 +231,10 @@ def bare_rate(env: dict[str, str], runs: int, concurrency: int, data_dir: Path) 
 
     from bench.bare_celery import make_app
 
+    if stock:
+        os.environ[STOCK] = "1"
     app = make_app()
+    os.environ.pop(STOCK, None)
     try:
         for n in range(concurrency):  # warm-up, as for the engine
             app.send_task("bench.noop", args=[-n - 1], queue="bare")
@@ -330,9 +338,11 @@ def measure(mode: str, runs: int, concurrency: int) -> dict[str, Any]:
         statements = statements_per_run()
         engine = engine_rate(env, runs, concurrency, data_dir)
         bare = bare_rate(env, runs, concurrency, data_dir)
+        stock = bare_rate(env, runs, concurrency, data_dir, stock=True) if mode == "pg" else None
         statements |= submit_alone() | bulk_submit()  # last: their messages are never consumed
     return {"mode": mode, "runs": runs, "concurrency": concurrency, "engine": engine, "bare": bare,
-            "statements": statements, "ratio": engine["rate"] / bare["rate"]}
+            "bare_stock": stock, "statements": statements, "ratio": engine["rate"] / bare["rate"],
+            "ratio_stock": engine["rate"] / stock["rate"] if stock else None}
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -342,6 +352,9 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"  {'engine runs/s':<34}{e['rate']:>10.1f}")
     print(f"  {'bare Celery tasks/s':<34}{b['rate']:>10.1f}")
     print(f"  {'ratio engine / bare':<34}{result['ratio']:>10.2f}x")
+    if result.get("bare_stock"):
+        print(f"  {'bare Celery, kombu transport':<34}{result['bare_stock']['rate']:>10.1f}")
+        print(f"  {'ratio engine / bare (kombu)':<34}{result['ratio_stock']:>10.2f}x")
     print(f"  {'submit_run mean / p95 (ms)':<34}{e['submit_ms']:>10.2f} / {e['submit_p95_ms']:.2f}")
     print(f"  {'submit_run alone mean / p95 (ms)':<34}{s['submit_alone_ms']:>10.2f} / {s['submit_alone_p95_ms']:.2f}")
     print(f"  {'submit_many per run (ms)':<34}{s['bulk_submit_ms']:>10.2f}")

@@ -197,14 +197,15 @@ def lone_statement(statement: Any, params: dict[str, Any]) -> Any:
     mode (PostgreSQL runs a lone statement atomically, in an implicit transaction), without a Session: one
     round trip instead of three (BEGIN, the statement, COMMIT), and none of a Session's bookkeeping. For the
     hot transitions that are one statement (a run's start and end). Retried and waited out like
-    :func:`in_transaction`; nothing runs after a commit (the caller does what it needs)."""
+    :func:`in_transaction`; nothing runs after a commit (the caller does what it needs). The statement goes
+    straight to the driver (:class:`_Driven`), unless something listens to the engine's statements."""
 
     engine = get_engine()
-    driven = _driven(engine, statement)
 
     def once() -> Any:
         with _translated_errors():
-            if driven is not None and not _watched(engine):
+            driven = None if _watched(engine) else _driven(engine, statement)
+            if driven is not None:
                 return driven.run(engine, params)
             with _autocommit(engine).connect() as connection:
                 return connection.execute(statement, params).first()
@@ -294,6 +295,8 @@ def _driven(engine: Engine, statement: Any) -> _Driven | None:
         _driven_statements.clear()
     driven = None
     if engine.dialect.name == "postgresql" and hasattr(statement, "selected_columns"):
+        if engine.dialect.server_version_info is None:  # compiled as Connection.execute would: after a connect
+            engine.connect().close()
         driven = _Driven(statement, engine.dialect)
         if b"POSTCOMPILE" in driven.sql:  # an IN list, expanded at each execution: SQLAlchemy's to make
             driven = None
