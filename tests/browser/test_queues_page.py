@@ -121,7 +121,8 @@ def test_a_schedules_history_lists_its_runs_and_pages(app, app_backend, page):  
                            created_by=schedules.CREATED_BY_PREFIX + PROBE, display_name=f"{PROBE}-{n}").id)
             for n in range(HISTORY_PAGE + 2)]  # the scheduler's later runs, as it writes them
     create_run("test_steps", {"steps": 1}, organization_id=demo.id, display_name="not-the-probe's")
-    expect(runs).to_have_count(HISTORY_PAGE)  # newest first, a page at a time
+    expect(runs.first).to_have_attribute("data-run-id", more[-1])  # live: the newest first, once it is written
+    expect(runs).to_have_count(HISTORY_PAGE)  # a page at a time
     page_one = [r.get_attribute("data-run-id") for r in runs.all()]
     assert page_one == more[::-1][:HISTORY_PAGE]
     expect(history.locator("[data-testid=history-page]")).to_have_text("Page 1")
