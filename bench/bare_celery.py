@@ -14,16 +14,18 @@ from backend.queues import broker  # the same kombu transports (the tuned SQLite
 STOCK = "CURATORE_BENCH_BARE_STOCK"
 
 
-def make_app() -> Celery:
-    """A new app on the broker the environment names (the worker's, or a fresh producer for each run)."""
+def make_app(stock: bool | None = None) -> Celery:
+    """A new app on the broker the environment names (the worker's, or a fresh producer for each run); ``stock``
+    (by default: whether CURATORE_BENCH_BARE_STOCK is set) on kombu's own Redis transport."""
+    stock = bool(os.environ.get(STOCK)) if stock is None else stock
     celery = Celery("bare")
     url = os.environ["CURATORE_BROKER_URL"]
     prefix = os.environ.get("CURATORE_BROKER_KEY_PREFIX")
     celery.conf.update(
         broker_url=url,
-        # The engine's Redis transport (its fixes, and one client per pool: see broker.RedisChannel), unless
-        # CURATORE_BENCH_BARE_STOCK asks for kombu's own, as a plain Celery install has it.
-        broker_transport=(broker.REDIS_TRANSPORT if url.startswith("redis") and not os.environ.get(STOCK) else None),
+        # The engine's Redis transport (its fixes, and one client per pool: see broker.RedisChannel), or kombu's
+        # own, as a plain Celery install has it.
+        broker_transport=broker.REDIS_TRANSPORT if url.startswith("redis") and not stock else None,
         broker_transport_options=({"global_keyprefix": f"{prefix}bare:"} if url.startswith("redis") and prefix else
                                   {"connect_args": {"timeout": 30, "check_same_thread": False}}
                                   if url.startswith(broker.ALIAS) else {}),

@@ -231,10 +231,7 @@ def bare_rate(env: dict[str, str], runs: int, concurrency: int, data_dir: Path, 
 
     from bench.bare_celery import make_app
 
-    if stock:
-        os.environ[STOCK] = "1"
-    app = make_app()
-    os.environ.pop(STOCK, None)
+    app = make_app(stock)
     try:
         for n in range(concurrency):  # warm-up, as for the engine
             app.send_task("bench.noop", args=[-n - 1], queue="bare")
