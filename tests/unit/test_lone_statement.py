@@ -22,7 +22,14 @@ from backend.runs.queries import get_logs, get_run
 @pytest.mark.parametrize("run_type", ["system_maintenance", "extraction"])  # without, with a duplicate check
 def test_the_driver_reads_back_what_sqlalchemy_reads(pg_backend, monkeypatch, run_type) -> None:  # type: ignore[no-untyped-def]
     org = ensure_org("acme", "Acme")
-    watched = engine._watched
+    watched, run = engine._watched, engine._Driven.run
+    driven: list[str] = []  # the ways whose statements went to the driver
+
+    def counted(self, *args):  # type: ignore[no-untyped-def]
+        driven.append(way)
+        return run(self, *args)
+
+    monkeypatch.setattr(engine._Driven, "run", counted)
     made: dict[str, dict[str, object]] = {}
     for way in ("sqlalchemy", "driver"):
         monkeypatch.setattr(engine, "_watched", (lambda _engine: True) if way == "sqlalchemy" else watched)
@@ -36,6 +43,8 @@ def test_the_driver_reads_back_what_sqlalchemy_reads(pg_backend, monkeypatch, ru
         waiting = service.complete_alone(submitted.id, {"pages": 3})
         made[way] = {"submitted": submitted.__dict__, "started": started.__dict__, "waiting": waiting,
                      "stored": get_run(submitted.id).__dict__, "log": [e.event_type for e in get_logs(submitted.id)]}
+    # its submit (and the refused duplicate), start and end; none of the other way's
+    assert driven == ["driver"] * (4 if run_type == "extraction" else 3)
     assert made["driver"]["waiting"] is made["sqlalchemy"]["waiting"] is False
     assert made["driver"]["log"] == made["sqlalchemy"]["log"] == ["created", "queued", "start", "complete"]
     assert in_transaction(lambda s: s.execute(text("SELECT count(*) FROM runs")).scalar_one()) == 2
