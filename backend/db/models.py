@@ -6,11 +6,20 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, Text, text
+from sqlalchemy import BigInteger, Column, ColumnElement, Index, Text, literal_column, text
 from sqlmodel import Field, SQLModel
 
 from backend.db.states import LogLevel, RunOrigin, RunStatus
 from backend.db.types import BigIntPK, JSONType, UTCDateTime, enum_column_type, utcnow
+
+
+def status_is(column: Any, *statuses: RunStatus) -> ColumnElement[bool]:
+    """``column`` (a run's status) is one of ``statuses``, written into the SQL rather than sent as parameters: a
+    prepared statement's generic plan then still matches the partial indexes on status (``ix_runs_waiting``,
+    ``ix_runs_occupying``, ``ix_runs_queued``), and is estimated from each value's own frequency. (With a
+    parameter, PostgreSQL's generic plan for a run's end read the whole table to look for a waiting run.)"""
+    values = [literal_column(f"'{RunStatus(status).value}'") for status in statuses]
+    return column == values[0] if len(values) == 1 else column.in_(values)
 
 
 def _ts(nullable: bool = True, index: bool = False) -> Any:
@@ -68,7 +77,12 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         Index("ix_runs_org_created", "organization_id", "created_at", "id"),
         Index("ix_runs_created", "created_at", "id"),
-        Index("ix_runs_status_queue", "status", "queue", "priority"),
+        # the dispatcher's questions; PostgreSQL: ix_runs_waiting and ix_runs_occupying instead (migration 0014)
+        Index("ix_runs_status_queue", "status", "queue", "priority").ddl_if(dialect="sqlite"),
+        Index("ix_runs_waiting", "queue", "id", postgresql_where=text("status = 'pending'")).ddl_if(dialect="postgresql"),
+        Index("ix_runs_occupying", "queue", "run_type", "id",
+              postgresql_where=text("status IN ('submitted', 'running', 'cancelling', 'stale')"))
+        .ddl_if(dialect="postgresql"),
         Index("ix_runs_resource", "resource_type", "resource_id"),
         Index("ix_runs_lease", "status", "lease_expires_at"),
         Index("ix_runs_created_by", "created_by", "created_at", "id"),  # a schedule's history, keyset-paged

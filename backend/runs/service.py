@@ -26,7 +26,7 @@ from sqlalchemy.sql.elements import BinaryExpression
 from sqlmodel import Session
 
 from backend.db.engine import after_commit, get_engine, in_transaction, lone_statement
-from backend.db.models import Run, RunLogEvent, empty_progress
+from backend.db.models import Run, RunLogEvent, empty_progress, status_is
 from backend.db.states import EVENT_TYPES, LogLevel, RunOrigin, RunStatus, allowed
 from backend.db.types import utcnow
 from backend.errors import DuplicateRun, InvalidTransition, RunNotFound
@@ -37,6 +37,7 @@ from backend.validation import MAX_NAME, check_priority, check_text
 log = logging.getLogger(__name__)
 
 S = RunStatus
+_ACTIVE = tuple(status for status in RunStatus if status.is_active)
 MAX_MESSAGE = 4000
 
 # --------------------------------------------------------------------------- hooks
@@ -300,10 +301,10 @@ def _created_alone(run_keys: tuple[str, ...], check: str | None) -> Any:
     same = [runs.organization_id == bindparam("dup_org"), runs.run_type == any_(bindparam("dup_names",
                                                                                          type_=ARRAY(Text))),
             runs.resource_id == bindparam("dup_resource")]
-    active_statuses = [literal_column(f"'{st.value}'") for st in RunStatus if st.is_active]
-    active = (select(runs.id).where(*same, runs.status.in_(active_statuses)).limit(1)
-              .scalar_subquery() if check else null())
-    recent = (select(runs.id).where(*same, runs.status == S.COMPLETED, runs.completed_at >= bindparam("dup_since"))
+    active = (select(runs.id).where(*same, status_is(runs.status, *_ACTIVE)).limit(1).scalar_subquery()
+              if check else null())
+    recent = (select(runs.id).where(*same, status_is(runs.status, S.COMPLETED),
+                                    runs.completed_at >= bindparam("dup_since"))
               .limit(1).scalar_subquery() if check == "active and recent" else null())
     verdict = func.curatore_direct_slot(
         bindparam("d_lock", type_=BigInteger), bindparam("d_queue", type_=Text), bindparam("d_limit", type_=Integer),
@@ -339,7 +340,7 @@ def _refuse_duplicate(session: Session, job_type: Any, organization_id: uuid.UUI
     names = [job_type.key, *job_type.aliases]
     same = [Run.organization_id == organization_id, Run.run_type.in_(names), Run.resource_id == resource_id]
     active = session.execute(
-        select(Run.id).where(*same, Run.status.in_([st for st in RunStatus if st.is_active])).limit(1)
+        select(Run.id).where(*same, status_is(Run.status, *_ACTIVE)).limit(1)
     ).scalar_one_or_none()
     recent = None
     if active is None and job_type.dedupe_cooldown_seconds:
@@ -398,7 +399,8 @@ ROUTE = (*outbox.ROUTE_COLUMNS, Run.group_id, Run.dispatch_attempt, Run.is_group
 # table names the subquery needs, so there the worker reads it).
 QUEUE_WAITING = "queue_waiting"
 _waiting = _RUNS.alias("waiting")
-_QUEUE_WAITING = (select(_waiting.c.id).where(_waiting.c.status == S.PENDING, _waiting.c.queue == _RUNS.c.queue)
+_QUEUE_WAITING = (select(_waiting.c.id).where(status_is(_waiting.c.status, S.PENDING),
+                                              _waiting.c.queue == _RUNS.c.queue)
                   .limit(1).exists().label("queue_waiting"))
 
 
