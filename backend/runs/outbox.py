@@ -184,13 +184,14 @@ def _logged_changes(n: int, run_keys: tuple[str, ...] | None = None) -> Any:
     return statement
 
 
-NOTIFY_GATHER_SECONDS = 0.005
+NOTIFY_INTERVAL_SECONDS = 0.02
 
 
 class _Notifier(threading.Thread):
-    """Publishes the wake-ups of one process, off the writers' path: a commit only sets an event, and the commits
-    of the next few milliseconds (``NOTIFY_GATHER_SECONDS``) share one publish (a worker ending a short run every
-    few milliseconds publishes a fraction of its commits; a listener learns of them a few milliseconds later)."""
+    """Publishes the wake-ups of one process, off the writers' path: a commit only sets an event. The first commit
+    after a quiet spell is published at once; the commits that follow within ``NOTIFY_INTERVAL_SECONDS`` of a
+    publish share the next one (a worker ending a short run every few milliseconds publishes at most 50 times a
+    second; a listener learns of a commit at most that much later)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(name="outbox-notify", daemon=True)
@@ -199,9 +200,12 @@ class _Notifier(threading.Thread):
         self.client: Any = None
 
     def run(self) -> None:
+        published = 0.0
         while True:
             self.pending.wait()
-            time.sleep(NOTIFY_GATHER_SECONDS)
+            wait = published + NOTIFY_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             self.pending.clear()
             try:
                 if self.client is None:
@@ -212,6 +216,7 @@ class _Notifier(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - listeners fall back to polling
                 log.debug("outbox notify failed: %s", exc)
                 self.client = None
+            published = time.monotonic()
 
 
 _notifiers: dict[tuple[int, str], _Notifier] = {}
