@@ -119,3 +119,44 @@ def test_the_database_function_answers_as_the_dispatcher_does(pg_backend, tmp_pa
         return answers()
 
     assert in_transaction(held) == ("locked", False)
+
+
+def test_the_dispatchers_questions_read_as_much_after_600_ended_runs_as_after_30(pg_backend) -> None:  # type: ignore[no-untyped-def]
+    """Every transition leaves its old row version's index entries until VACUUM. The dispatcher's questions (a run
+    waiting? how many runs hold slots?), asked by every submit, read indexes where those dead entries do not pile
+    up (migration 0014), also in a generic plan (a function's statements get one, prepared statements too): what
+    they read does not grow with the runs that ended since the last VACUUM."""
+    from backend.queues.dispatcher import direct_slot
+
+    org = ensure_org("acme", "Acme")
+    table = Run.__table__
+
+    def churn(n: int) -> None:  # runs submitted (each submit asks the questions), started and ended
+        for _ in range(n):
+            run = extraction(org.id)
+            assert S(get_run(run.id).status) is S.SUBMITTED
+            for status in (S.RUNNING, S.COMPLETED):
+                in_transaction(lambda s: s.execute(table.update().where(table.c.id == run.id).values(status=status)))
+
+    def pages_read() -> int:
+        arguments = direct_slot.arguments("extraction", "extraction")
+        assert arguments is not None
+        raw = get_engine().raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SET plan_cache_mode = force_generic_plan")
+            cursor.execute("ANALYZE runs")
+            explain = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT curatore_direct_slot(%s, %s, %s, %s, %s, %s)"
+            for _ in range(2):  # the second: the function's plans are made and cached
+                cursor.execute(explain, list(arguments.values()))
+                plan = cursor.fetchone()[0][0]["Plan"]
+            cursor.execute("RESET plan_cache_mode")
+            return plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+        finally:
+            raw.close()
+
+    churn(30)
+    before = pages_read()
+    churn(600)
+    after = pages_read()
+    assert after <= before + 2, (before, after)  # before migration 0014: 6 pages, then 14
