@@ -136,7 +136,8 @@ def test_the_dispatchers_questions_read_as_much_after_600_ended_runs_as_after_30
             run = extraction(org.id)
             assert S(get_run(run.id).status) is S.SUBMITTED
             for status in (S.RUNNING, S.COMPLETED):
-                in_transaction(lambda s: s.execute(table.update().where(table.c.id == run.id).values(status=status)))
+                moved = table.update().where(table.c.id == run.id).values(status=status)
+                in_transaction(lambda s, moved=moved: s.execute(moved))
 
     def pages_read() -> int:
         arguments = direct_slot.arguments("extraction", "extraction")
