@@ -79,7 +79,8 @@ class Run(SQLModel, table=True):
         Index("ix_runs_created", "created_at", "id"),
         # the dispatcher's questions; PostgreSQL: ix_runs_waiting and ix_runs_occupying instead (migration 0014)
         Index("ix_runs_status_queue", "status", "queue", "priority").ddl_if(dialect="sqlite"),
-        Index("ix_runs_waiting", "queue", "id", postgresql_where=text("status = 'pending'")).ddl_if(dialect="postgresql"),
+        Index("ix_runs_waiting", "queue", "id", postgresql_where=text("status = 'pending'"))
+        .ddl_if(dialect="postgresql"),
         Index("ix_runs_occupying", "queue", "run_type", "id",
               postgresql_where=text("status IN ('submitted', 'running', 'cancelling', 'stale')"))
         .ddl_if(dialect="postgresql"),

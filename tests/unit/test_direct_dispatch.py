@@ -121,7 +121,7 @@ def test_the_database_function_answers_as_the_dispatcher_does(pg_backend, tmp_pa
     assert in_transaction(held) == ("locked", False)
 
 
-def test_the_dispatchers_questions_read_as_much_after_600_ended_runs_as_after_30(pg_backend) -> None:  # type: ignore[no-untyped-def]
+def test_the_dispatchers_questions_read_no_more_after_600_ended_runs(pg_backend) -> None:  # type: ignore[no-untyped-def]
     """Every transition leaves its old row version's index entries until VACUUM. The dispatcher's questions (a run
     waiting? how many runs hold slots?), asked by every submit, read indexes where those dead entries do not pile
     up (migration 0014), also in a generic plan (a function's statements get one, prepared statements too): what

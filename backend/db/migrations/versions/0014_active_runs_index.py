@@ -30,7 +30,8 @@ depends_on = None
 # backend.queues.dispatcher.OCCUPYING (the statuses that hold a slot) and WAITING_PARENT (a group parent that only
 # waits for its children holds none)
 OCCUPYING = "status IN ('submitted', 'running', 'cancelling', 'stale')"
-HOLDS_SLOT = f"{OCCUPYING} AND NOT (is_group_parent AND lease_expires_at IS NULL AND status IN ('running', 'cancelling'))"
+HOLDS_SLOT = (f"{OCCUPYING} AND NOT (is_group_parent AND lease_expires_at IS NULL "
+              "AND status IN ('running', 'cancelling'))")
 
 
 def _function(order: str) -> str:
