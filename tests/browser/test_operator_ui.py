@@ -160,6 +160,7 @@ def test_buttons_follow_the_role(app, app_backend, anonymous_page, people, tmp_p
     page.wait_for_selector("[data-testid=status-badge][data-status=failed]")
     expect(page.locator("[data-testid=retry-button]")).to_have_count(0)
     page.click("[data-testid=logout]")
+    page.wait_for_url(re.compile(r".*/login/?$"))  # the sign-out's own navigation, before ours
 
     log_in(page, app.url, *MEMBER)  # a member cancels and retries, but does not force-kill
     page.goto(f"{app.url}/orgs/demo/jobs/{running}")
