@@ -3,6 +3,8 @@ headless Chromium driven by Playwright."""
 
 from __future__ import annotations
 
+import re
+
 import os
 import shutil
 from collections.abc import Iterator
@@ -119,6 +121,12 @@ def log_in(page, base_url: str, email: str, password: str) -> None:  # type: ign
     page.fill("[data-testid=login-password]", password)
     page.click("[data-testid=login-submit]")
     page.wait_for_selector("[data-testid=signed-in-as]")
+
+
+def log_out(page) -> None:  # type: ignore[no-untyped-def]
+    """Sign out and wait for the sign-out's own navigation to `/login`, so a `goto` after it is not aborted."""
+    page.click("[data-testid=logout]")
+    page.wait_for_url(re.compile(r".*/login/?$"))
 
 
 @pytest.fixture

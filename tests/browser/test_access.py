@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import _applied, log_in
+from tests.browser.conftest import _applied, log_in, log_out
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,8 +53,7 @@ def test_member_sees_only_their_organization_then_signs_out(app, anonymous_page,
     expect(page.locator("body")).to_contain_text(f"No run with id {two_orgs['theirs'].id}.")  # as if absent
     expect(page.locator("body")).not_to_contain_text("demo-hidden-run")
 
-    page.click("[data-testid=logout]")
-    page.wait_for_url(re.compile(r".*/login/?$"))
+    log_out(page)
     assert not [c for c in page.context.cookies() if c["name"] == "curatore_session"]  # cleared by the server
     for path in ("/orgs/acme/jobs", f"/system/jobs/{two_orgs['mine'].id}", "/system/queues"):
         page.goto(f"{app.url}{path}")

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import ADMIN, _applied, log_in
+from tests.browser.conftest import ADMIN, _applied, log_in, log_out
 from tests.browser.test_live_ui import release, row, submit
 from tests.browser.test_panels import cli
 
@@ -159,8 +159,7 @@ def test_buttons_follow_the_role(app, app_backend, anonymous_page, people, tmp_p
     page.goto(f"{app.url}/orgs/demo/jobs/{failed}")
     page.wait_for_selector("[data-testid=status-badge][data-status=failed]")
     expect(page.locator("[data-testid=retry-button]")).to_have_count(0)
-    page.click("[data-testid=logout]")
-    page.wait_for_url(re.compile(r".*/login/?$"))  # the sign-out's own navigation, before ours
+    log_out(page)
 
     log_in(page, app.url, *MEMBER)  # a member cancels and retries, but does not force-kill
     page.goto(f"{app.url}/orgs/demo/jobs/{running}")
